@@ -1,0 +1,1 @@
+"""sft-lightning: LoRA fine-tuning of small causal LMs with PyTorch Lightning."""
