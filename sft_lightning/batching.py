@@ -1,0 +1,111 @@
+"""Turning tokenised examples into padded batches, and ordering them to waste little padding.
+
+Examples are tokenised once in ``SFTDataModule.setup``; nothing here calls the tokenizer, so
+the training hot path does only list-to-tensor copies.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.data import Sampler
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    """One tokenised record: ``prompt_ids + answer_ids`` is what the model trains on."""
+
+    prompt_ids: tuple[int, ...]
+    answer_ids: tuple[int, ...]
+    question: str
+    answer: float
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids) + len(self.answer_ids)
+
+
+class TrainCollator:
+    """Right-padded ``input_ids``/``attention_mask``/``labels``; labels are -100 on the prompt
+    and on padding, so only answer tokens (and the closing EOS) are supervised."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: Sequence[Example]) -> dict[str, Tensor]:
+        width = max(len(ex) for ex in examples)
+        input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, ex in enumerate(examples):
+            ids = ex.prompt_ids + ex.answer_ids
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+            labels[row, len(ex.prompt_ids) : len(ids)] = torch.tensor(ex.answer_ids)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class EvalCollator(TrainCollator):
+    """The training tensors (for ``val/loss``) plus left-padded prompts for generation, the
+    expected values and the questions (for sample logging)."""
+
+    def __call__(self, examples: Sequence[Example]) -> dict[str, object]:
+        batch: dict[str, object] = dict(super().__call__(examples))
+        width = max(len(ex.prompt_ids) for ex in examples)
+        prompt_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
+        prompt_mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, ex in enumerate(examples):
+            n = len(ex.prompt_ids)
+            prompt_ids[row, width - n :] = torch.tensor(ex.prompt_ids)
+            prompt_mask[row, width - n :] = 1
+        batch["prompt_ids"] = prompt_ids
+        batch["prompt_mask"] = prompt_mask
+        batch["expected"] = torch.tensor([ex.answer for ex in examples], dtype=torch.float64)
+        batch["questions"] = [ex.question for ex in examples]
+        return batch
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Shuffled order in which neighbours have similar lengths, so dynamic padding wastes little.
+
+    Per epoch: shuffle, cut into mega-batches of ``batch_size * group_factor``, sort each by
+    length, cut into batches, shuffle the full batches (a short one goes last). It yields indices (not batches) so that
+    Lightning can still wrap it in a ``DistributedSamplerWrapper`` under DDP.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, group_factor: int = 50) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group_factor = group_factor
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning's fit loop so every epoch gets a new, reproducible order."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        rng = random.Random(self.seed + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        group = self.batch_size * self.group_factor
+        batches: list[list[int]] = []
+        for start in range(0, len(order), group):
+            chunk = sorted(order[start : start + group], key=self.lengths.__getitem__, reverse=True)
+            batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
+        # Only the last chunk can end in a short batch; keep it last so that every other
+        # batch_size-long run of indices is exactly one length-sorted batch.
+        full = [b for b in batches if len(b) == self.batch_size]
+        rng.shuffle(full)
+        full.extend(b for b in batches if len(b) < self.batch_size)
+        return (index for batch in full for index in batch)

@@ -1,0 +1,111 @@
+"""Answer parsing and the two validation metrics: accuracy and answer rate.
+
+An output counts as *answered* only if it contains ``<answer>NUMBER``: a model that rambles
+about numbers without the tag has not answered, which is why the untuned model scores ~0.
+States are sum-reduced counts, so the metrics are exact under DDP (no mean of means).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+_NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_ANSWER_RE = re.compile(r"<answer>\s*(" + _NUMBER + r")\s*(?:</answer>|$|\s)")
+
+
+def parse_answer(text: str) -> float | None:
+    """The number inside the first ``<answer>...</answer>`` tag, or None.
+
+    The closing tag may be missing only at the very end (generation cut at max_new_tokens).
+    Thousands separators are accepted; non-finite values are rejected.
+    """
+    match = _ANSWER_RE.search(text)
+    if match is None:
+        return None
+    try:
+        value = float(match.group(1).replace(",", ""))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def parse_answers(texts: list[str]) -> Tensor:
+    """Parsed values as a float64 tensor, NaN where nothing parseable was found."""
+    values = [parse_answer(t) for t in texts]
+    return torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
+
+
+class AnswerAccuracy(Metric):
+    """Share of outputs whose parsed answer is within ``relative_tolerance`` of the truth.
+
+    ``|pred - target| <= tol * |target|``: an expected 0 therefore needs an exact 0; a NaN
+    prediction (unparsed) or a non-finite target never counts as correct.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    correct: Tensor
+    total: Tensor
+
+    def __init__(self, relative_tolerance: float = 0.05, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not (math.isfinite(relative_tolerance) and relative_tolerance >= 0):
+            raise ValueError(f"relative_tolerance must be a finite number >= 0, got {relative_tolerance!r}")
+        self.relative_tolerance = relative_tolerance
+        self.add_state("correct", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        preds, target = _as_pair(preds, target)
+        ok = torch.isfinite(preds) & torch.isfinite(target)
+        close = (preds - target).abs() <= self.relative_tolerance * target.abs()
+        self.correct += (ok & close).sum()
+        self.total += target.numel()
+
+    def compute(self) -> Tensor:
+        return _ratio(self.correct, self.total)
+
+
+class AnswerRate(Metric):
+    """Share of outputs that contained a parseable answer (NaN marks 'none found')."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    answered: Tensor
+    total: Tensor
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("answered", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor) -> None:
+        preds = torch.as_tensor(preds, dtype=torch.float64).flatten()
+        self.answered += torch.isfinite(preds).sum()
+        self.total += preds.numel()
+
+    def compute(self) -> Tensor:
+        return _ratio(self.answered, self.total)
+
+
+def _as_pair(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    # float64 so that large integers (e.g. bytes in a GB) compare without fp32 rounding.
+    preds = torch.as_tensor(preds, dtype=torch.float64).flatten()
+    target = torch.as_tensor(target, dtype=torch.float64).flatten().to(preds.device)
+    if preds.shape != target.shape:
+        raise ValueError(f"preds and target must have the same number of elements, got {preds.numel()} and {target.numel()}")
+    return preds, target
+
+
+def _ratio(num: Tensor, den: Tensor) -> Tensor:
+    # An empty validation set reports 0 rather than NaN so it can never pass for a good score.
+    return num.double() / den if den > 0 else torch.tensor(0.0, dtype=torch.float64)

@@ -1,0 +1,219 @@
+"""SFTModule: a Hugging Face causal LM with a LoRA adapter, trained on answer tokens only.
+
+The base model is built in ``configure_model`` (not ``__init__``), so the CLI validates the
+config and the data before spending time or memory on weights. Checkpoints hold only the
+trainable (LoRA) parameters plus optimiser/scheduler/loop state: megabytes, not the frozen
+base, which is rebuilt from its source on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import Tensor
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MeanMetric
+
+from sft_lightning.export import export_adapter
+from sft_lightning.generation import greedy_generate
+from sft_lightning.loss import supervised_loss_sum
+from sft_lightning.metrics import AnswerAccuracy, AnswerRate, parse_answers
+from sft_lightning.models import EMBEDDED, ModelLoadError, load_model, load_tokenizer
+
+DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class SFTModule(L.LightningModule):
+    """LoRA supervised fine-tuning with generation-based validation.
+
+    Args:
+        model: ``embedded``, ``tiny-random``, a ``.gguf`` file, a local HF directory or a hub id.
+        cache_dir: where converted GGUF models are cached (default ``~/.cache/sft-lightning``).
+        adapter: an exported peft adapter directory to start from (for ``validate``/further training).
+        base_dtype: dtype of the frozen base weights. fp32 is the safe default; the LoRA
+            parameters are kept fp32 whatever this is.
+        lora_r / lora_alpha / lora_dropout / target_modules: the LoRA adapter.
+        learning_rate / weight_decay: AdamW.
+        warmup_ratio / min_lr_ratio: linear warmup over this share of steps, then cosine decay
+            to ``min_lr_ratio * learning_rate``.
+        max_new_tokens: generation budget per validation question.
+        relative_tolerance: accuracy tolerance (0.05 = within 5%).
+        num_logged_samples: question/expected/output rows printed after each validation.
+        export_dir_name: subdirectory of the run directory the adapter is exported to.
+    """
+
+    def __init__(
+        self,
+        model: str = EMBEDDED,
+        cache_dir: str | None = None,
+        adapter: str | None = None,
+        base_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        lora_r: int = 16,
+        lora_alpha: int = 32,
+        lora_dropout: float = 0.05,
+        target_modules: list[str] | None = None,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.05,
+        min_lr_ratio: float = 0.1,
+        max_new_tokens: int = 24,
+        relative_tolerance: float = 0.05,
+        num_logged_samples: int = 5,
+        export_dir_name: str = "adapter",
+    ) -> None:
+        super().__init__()
+        if lora_r < 1:
+            raise ValueError(f"model.lora_r must be >= 1, got {lora_r}")
+        if not 0.0 <= warmup_ratio < 1.0:
+            raise ValueError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+            raise ModelLoadError(
+                f"adapter directory {adapter} has no adapter_config.json. Fix: pass the 'adapter' directory "
+                "written at the end of `sft-lightning fit` (inside the run directory)."
+            )
+        self.save_hyperparameters()
+        # Checkpoints carry only the trainable parameters, so loading must not demand the base.
+        self.strict_loading = False
+        self.model: PeftModel | None = None
+        self.tokenizer = None
+        self.val_loss = MeanMetric()
+        self.val_accuracy = AnswerAccuracy(relative_tolerance=relative_tolerance)
+        self.val_answer_rate = AnswerRate()
+        self._samples: list[dict[str, Any]] = []
+
+    # ----------------------------------------------------------------------------- model
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        hp = self.hparams
+        if hp.base_dtype == "float16":
+            warnings.warn(
+                "model.base_dtype=float16: the frozen base runs in fp16, so activations and their gradients can "
+                "overflow. The LoRA weights stay fp32, but prefer float32 (or bfloat16) for training.",
+                stacklevel=2,
+            )
+        self.tokenizer = load_tokenizer(hp.model, hp.cache_dir)
+        base = load_model(hp.model, hp.cache_dir, dtype=_DTYPES[hp.base_dtype])
+        base.config.use_cache = False  # training never uses it; generation passes a cache explicitly
+        if hp.adapter is not None:
+            self.model = PeftModel.from_pretrained(base, hp.adapter, is_trainable=True)
+        else:
+            config = LoraConfig(
+                r=hp.lora_r,
+                lora_alpha=hp.lora_alpha,
+                lora_dropout=hp.lora_dropout,
+                target_modules=list(hp.target_modules or DEFAULT_TARGET_MODULES),
+                task_type="CAUSAL_LM",
+            )
+            # autocast_adapter_dtype (peft's default) keeps LoRA weights fp32 on a half-precision base.
+            self.model = get_peft_model(base, config, autocast_adapter_dtype=True)
+        for name, param in self.model.named_parameters():
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
+
+    def trainable_parameter_names(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    # -------------------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss_sum, n_tokens = supervised_loss_sum(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        loss = loss_sum / n_tokens
+        batch_size = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            self.log("lr", scheduler.get_last_lr()[0], prog_bar=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.hparams.warmup_ratio * total)
+        floor = self.hparams.min_lr_ratio
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+
+    # ------------------------------------------------------------------------ validation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss_sum, n_tokens = supervised_loss_sum(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        self.val_loss.update(loss_sum / n_tokens, weight=n_tokens)
+        texts = self.generate_texts(batch["prompt_ids"], batch["prompt_mask"])
+        preds = parse_answers(texts)
+        self.val_accuracy.update(preds, batch["expected"])
+        self.val_answer_rate.update(preds)
+        if len(self._samples) < self.hparams.num_logged_samples:
+            for question, expected, text, pred in zip(batch["questions"], batch["expected"].tolist(), texts, preds.tolist()):
+                self._samples.append({"question": question, "expected": expected, "output": text, "parsed": pred})
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True)
+        self.log("val/accuracy", self.val_accuracy.compute(), prog_bar=True)
+        self.log("val/answer_rate", self.val_answer_rate.compute(), prog_bar=True)
+        for metric in (self.val_loss, self.val_accuracy, self.val_answer_rate):
+            metric.reset()
+        self._report_samples(self._samples[: self.hparams.num_logged_samples])
+        self._samples = []
+
+    @rank_zero_only
+    def _report_samples(self, samples: list[dict[str, Any]]) -> None:
+        if not samples or self.trainer.sanity_checking:
+            return
+        lines = [f"validation samples (step {self.global_step}):"]
+        lines += [f"  Q: {s['question']}\n     expected {s['expected']:.6g} | output {s['output']!r}" for s in samples]
+        rank_zero_info("\n".join(lines))
+        log_dir = self.trainer.log_dir
+        if log_dir:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            with open(Path(log_dir) / "val_samples.jsonl", "a", encoding="utf-8") as f:
+                for s in samples:
+                    f.write(json.dumps({"step": self.global_step, **s}) + "\n")
+
+    def generate_texts(self, prompt_ids: Tensor, prompt_mask: Tensor) -> list[str]:
+        """Greedy completions (special tokens stripped) for left-padded prompts."""
+        assert self.tokenizer is not None
+        new_ids = greedy_generate(
+            self.model, prompt_ids, prompt_mask, self.hparams.max_new_tokens, self.tokenizer.eos_token_id
+        )
+        return self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+
+    # ------------------------------------------------------------------ checkpoint/export
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = self.trainable_parameter_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        missing = self.trainable_parameter_names() - set(checkpoint.get("state_dict", {}))
+        if self.model is not None and missing:
+            raise ModelLoadError(
+                f"checkpoint does not match this model's LoRA adapter: {len(missing)} trainable tensors are missing "
+                f"(e.g. {sorted(missing)[0]}). Fix: use the same model.* settings (lora_r, target_modules, model) "
+                "as the run that wrote the checkpoint."
+            )
+
+    def on_train_end(self) -> None:
+        if self.trainer.is_global_zero and self.model is not None:
+            out = export_adapter(self.model, self.tokenizer, self.export_dir)
+            rank_zero_info(f"adapter exported to {out}")
+
+    @property
+    def export_dir(self) -> Path:
+        root = self.trainer.log_dir or self.trainer.default_root_dir
+        return Path(root) / self.hparams.export_dir_name
