@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-_NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_ANSWER_RE = re.compile(r"<answer>\s*(" + _NUMBER + r")\s*(?:</answer>|$|\s)")
+_NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d*)?|\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_TAG = "<answer>"
+_VALUE_RE = re.compile(r"\s*(" + _NUMBER + r")\s*(?:</answer>|$|\s)")
 
 
 def parse_answer(text: str) -> float | None:
@@ -24,7 +25,10 @@ def parse_answer(text: str) -> float | None:
     The closing tag may be missing only at the very end (generation cut at max_new_tokens).
     Thousands separators are accepted; non-finite values are rejected.
     """
-    match = _ANSWER_RE.search(text)
+    start = text.find(_TAG)
+    if start < 0:
+        return None
+    match = _VALUE_RE.match(text, start + len(_TAG))
     if match is None:
         return None
     try:

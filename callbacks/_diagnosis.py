@@ -1,0 +1,163 @@
+"""The NaN decision.
+
+Everything that decides whether an optimiser step is healthy, a normal loss-scaler back-off, or a trip - and
+what one line explains it - lives here, as plain host-side Python over numbers that were already all-reduced.
+Nothing in this module touches tensors, so the rules can be read (and unit-reasoned) in one place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
+
+# --- diagnosis lines (stable strings: tests and log scrapers match on them) -------------------------------
+D_PARAMS_BEFORE = "parameters already non-finite before this step"
+D_PARAMS_AFTER = "parameters became non-finite in the optimizer step although loss and gradients were finite"
+D_EMPTY_BATCH = "batch has no supervised tokens"
+D_LOSS_NAN = "non-finite loss (nan) in the forward pass"
+D_LOSS_INF = "non-finite loss (inf) in the forward pass"
+D_GRAD_OVERFLOW = "loss finite but gradients non-finite: overflow in backward"
+D_GRAD_NAN = "loss finite but gradients non-finite: nan in backward"
+
+
+def scale_collapse(from_scale: float, to_scale: float, steps: int) -> str:
+    """Diagnosis for a loss scale that kept backing off (or fell below the floor)."""
+    return f"fp16 overflow: scale collapsed from {from_scale:g} to {to_scale:g} in {steps} steps"
+
+
+# --- the per-step flag vector -------------------------------------------------------------------------------
+# Order of the flags in the one tensor that is all-reduced (SUM) every step: after the reduce each entry is the
+# number of ranks that saw the condition, so "> 0" is the global decision and the count goes into the report.
+FLAG_NAMES: tuple[str, ...] = (
+    "loss_nan",
+    "loss_inf",
+    "empty_batch",
+    "grad_nan",
+    "grad_inf",
+    "params_nonfinite_before",
+    "params_nonfinite_after_prev_step",
+)
+
+
+@dataclass(frozen=True)
+class StepFlags:
+    """Rank counts for each condition of one optimiser step (already reduced over ranks)."""
+
+    loss_nan: int = 0
+    loss_inf: int = 0
+    empty_batch: int = 0
+    grad_nan: int = 0
+    grad_inf: int = 0
+    params_nonfinite_before: int = 0
+    params_nonfinite_after_prev_step: int = 0
+
+    @classmethod
+    def from_values(cls, values: list[float]) -> StepFlags:
+        return cls(*(int(round(v)) for v in values[: len(FLAG_NAMES)]))
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in FLAG_NAMES}
+
+    @property
+    def grads_nonfinite(self) -> bool:
+        return bool(self.grad_nan or self.grad_inf)
+
+
+class Verdict(str, Enum):
+    HEALTHY = "healthy"
+    SCALER_SKIP = "scaler_skip"  # GradScaler found inf/nan and skips the step itself: counted, not fatal
+    TRIP = "trip"
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    diagnosis: Optional[str] = None
+    # the weights in memory are already non-finite: dropping this update cannot repair them
+    params_poisoned: bool = False
+    # only aborting helps (the scaler has been skipping already; one more skip changes nothing)
+    fatal: bool = False
+
+
+HEALTHY = Decision(Verdict.HEALTHY)
+SCALER_SKIP = Decision(Verdict.SCALER_SKIP)
+
+
+@dataclass
+class ScalerTracker:
+    """Host-side loss-scale bookkeeping: history, consecutive back-offs, total back-offs."""
+
+    history: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=256))
+    consecutive: int = 0
+    run_start_scale: Optional[float] = None  # scale at the first step of the current back-off run
+    total_skipped: int = 0
+
+    def record(self, step: int, scale: float, skipped: bool) -> None:
+        self.history.append((step, scale))
+        if skipped:
+            if self.consecutive == 0:
+                self.run_start_scale = scale
+            self.consecutive += 1
+            self.total_skipped += 1
+        else:
+            self.consecutive = 0
+            self.run_start_scale = None
+
+    def peak(self) -> tuple[int, float]:
+        """(step, scale) of the largest scale still in the history."""
+        best: tuple[int, float] = (0, float("nan"))
+        for step, scale in self.history:
+            if scale >= best[1] or math.isnan(best[1]):  # the latest step at the peak
+                best = (step, scale)
+        return best
+
+
+def decide(
+    flags: StepFlags,
+    *,
+    step: int,
+    loss_scale: Optional[float],
+    tracker: ScalerTracker,
+    max_consecutive_skipped: int,
+    min_loss_scale: float,
+) -> Decision:
+    """THE NaN DECISION for one optimiser step.
+
+    ``loss_scale`` is ``None`` when no GradScaler is active. The order of the checks is the order of causes:
+    poisoned weights explain a NaN loss, a batch without targets explains a NaN mean loss, a non-finite loss
+    explains non-finite gradients. Only gradients that are non-finite *while the loss is finite* can be a
+    loss-scaler overflow; under a scaler those are the scaler's business until they persist.
+    """
+    if flags.params_nonfinite_after_prev_step:
+        return Decision(Verdict.TRIP, D_PARAMS_AFTER, params_poisoned=True)
+    if flags.params_nonfinite_before:
+        return Decision(Verdict.TRIP, D_PARAMS_BEFORE, params_poisoned=True)
+    if flags.empty_batch:
+        return Decision(Verdict.TRIP, D_EMPTY_BATCH)
+    if flags.loss_nan:
+        return Decision(Verdict.TRIP, D_LOSS_NAN)
+    if flags.loss_inf:
+        return Decision(Verdict.TRIP, D_LOSS_INF)
+
+    if loss_scale is None:
+        # bf16 / fp32 / fp16 without a scaler: nothing will back off, so a non-finite gradient is fatal now
+        if flags.grad_nan:
+            return Decision(Verdict.TRIP, D_GRAD_NAN)
+        if flags.grad_inf:
+            return Decision(Verdict.TRIP, D_GRAD_OVERFLOW)
+        return HEALTHY
+
+    if flags.grads_nonfinite:
+        run = tracker.consecutive + 1  # overflowing steps in a row, this one included
+        if run > max_consecutive_skipped:
+            start = tracker.run_start_scale if tracker.consecutive else loss_scale
+            return Decision(Verdict.TRIP, scale_collapse(start or loss_scale, loss_scale, run), fatal=True)
+    if loss_scale < min_loss_scale:
+        peak_step, peak_scale = tracker.peak()
+        if peak_scale != peak_scale or peak_scale < loss_scale:  # empty history / nan
+            peak_step, peak_scale = step, loss_scale
+        return Decision(Verdict.TRIP, scale_collapse(peak_scale, loss_scale, max(step - peak_step, 1)), fatal=True)
+    return SCALER_SKIP if flags.grads_nonfinite else HEALTHY
