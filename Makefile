@@ -46,5 +46,10 @@ test: setup-test
 test-fast: setup-test
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+## Benchmarks (results in benchmarks/results/*.json).
+bench: setup
+	$(PIP) install --quiet -e ".[bench]"
+	$(PY) -m benchmarks.callback_overhead
+
 clean:
 	rm -rf runs lightning_logs .pytest_cache

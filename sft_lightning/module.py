@@ -89,6 +89,9 @@ class SFTModule(L.LightningModule):
         self.val_accuracy = AnswerAccuracy(relative_tolerance=relative_tolerance)
         self.val_answer_rate = AnswerRate()
         self._samples: list[dict[str, Any]] = []
+        self._reference_tokens: Tensor | None = None
+        self._window_tokens: Tensor = torch.zeros((), dtype=torch.long)
+        self._window_complete = False
 
     # ----------------------------------------------------------------------------- model
     def configure_model(self) -> None:
@@ -116,9 +119,12 @@ class SFTModule(L.LightningModule):
             )
             # autocast_adapter_dtype (peft's default) keeps LoRA weights fp32 on a half-precision base.
             self.model = get_peft_model(base, config, autocast_adapter_dtype=True)
-        for name, param in self.model.named_parameters():
+        for param in self.model.parameters():
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
+        # from_pretrained returns eval mode and Lightning does not switch it back, which would
+        # silently disable LoRA dropout; Lightning's loops toggle eval/train from here on.
+        self.model.train()
 
     def trainable_parameter_names(self) -> set[str]:
         return {name for name, p in self.named_parameters() if p.requires_grad}
@@ -126,10 +132,36 @@ class SFTModule(L.LightningModule):
     # -------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss_sum, n_tokens = supervised_loss_sum(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-        loss = loss_sum / n_tokens
-        batch_size = batch["input_ids"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        return loss
+        self.log("train/loss", loss_sum / n_tokens, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        # Normalise by the supervised tokens of the whole accumulation window, not per micro-batch:
+        # the returned loss uses a fixed reference count (keeps magnitudes, and any loss scaler,
+        # as usual), and on_after_backward rescales the summed gradients once the window's
+        # true count is known. Micro-batches with different token counts are then weighted
+        # exactly as one big batch would be.
+        if self._reference_tokens is None:
+            self._reference_tokens = n_tokens.detach().clamp(min=1).float()
+        self._window_tokens = self._window_tokens + n_tokens.detach()
+        self._window_complete = self._ends_accumulation_window(batch_idx)
+        return loss_sum / self._reference_tokens
+
+    def on_after_backward(self) -> None:
+        if not self._window_complete:
+            return
+        window_tokens = self._window_tokens.float()
+        scale = self._reference_tokens * self.trainer.accumulate_grad_batches
+        if self.trainer.world_size > 1:  # DDP averaged the gradients over ranks; count globally
+            window_tokens = self.trainer.strategy.reduce(window_tokens, reduce_op="sum")
+            scale = scale * self.trainer.world_size
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, scale / window_tokens)
+        self._window_tokens = torch.zeros((), dtype=torch.long, device=self.device)
+
+    def _ends_accumulation_window(self, batch_idx: int) -> bool:
+        """Same rule as Lightning's training loop: every N micro-batches, and at the epoch's end."""
+        accumulate = self.trainer.accumulate_grad_batches
+        total = self.trainer.num_training_batches
+        return (batch_idx + 1) % accumulate == 0 or (math.isfinite(total) and batch_idx + 1 >= total)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         scheduler = self.lr_schedulers()
@@ -198,8 +230,12 @@ class SFTModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = self.trainable_parameter_names()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        if self._reference_tokens is not None:  # so a resumed run rounds exactly like an uninterrupted one
+            checkpoint["sft_reference_tokens"] = float(self._reference_tokens)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "sft_reference_tokens" in checkpoint:
+            self._reference_tokens = torch.tensor(checkpoint["sft_reference_tokens"], device=self.device)
         missing = self.trainable_parameter_names() - set(checkpoint.get("state_dict", {}))
         if self.model is not None and missing:
             raise ModelLoadError(
