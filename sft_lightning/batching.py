@@ -6,13 +6,15 @@ the training hot path does only list-to-tensor copies.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 IGNORE_INDEX = -100
 
@@ -86,10 +88,20 @@ class LengthGroupedSampler(Sampler[int]):
         self.seed = seed
         self.group_factor = group_factor
         self.epoch = 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning's fit loop so every epoch gets a new, reproducible order."""
         self.epoch = epoch
+
+    def skip_next(self, n_indices: int) -> None:
+        """Start the next ``__iter__`` (only that one) ``n_indices`` into the epoch's order.
+
+        For resuming mid-epoch: the skipped examples are never loaded or collated.
+        """
+        if n_indices < 0:
+            raise ValueError(f"n_indices must be >= 0, got {n_indices}")
+        self._skip = n_indices
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -108,4 +120,48 @@ class LengthGroupedSampler(Sampler[int]):
         full = [b for b in batches if len(b) == self.batch_size]
         rng.shuffle(full)
         full.extend(b for b in batches if len(b) < self.batch_size)
-        return (index for batch in full for index in batch)
+        skip, self._skip = self._skip, 0
+        return itertools.islice((index for batch in full for index in batch), skip, None)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position inside the epoch is saved in Lightning checkpoints.
+
+    Lightning restores the position only of loaders with ``state_dict``/``load_state_dict``;
+    any other loader restarts its epoch on resume, so a run interrupted mid-epoch would then
+    train on different batches than an uninterrupted one. The state is the sampler's epoch
+    and the number of batches yielded in it; a resumed iterator of the same epoch skips them
+    (a ``LengthGroupedSampler`` skips their indices, so nothing is loaded for them).
+    """
+
+    # Class-level defaults keep DataLoader's own __init__ signature, which Lightning inspects
+    # to re-create the loader (e.g. with a distributed sampler).
+    _epoch: int = 0
+    _yielded: int = 0
+    _resume: dict[str, int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "batches": self._yielded}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[Any]:
+        # Runs at the first next(), i.e. after Lightning's set_epoch for this epoch.
+        epoch = int(getattr(self.sampler, "epoch", 0))
+        resume, self._resume = self._resume, None
+        skip = resume["batches"] if resume is not None and resume["epoch"] == epoch else 0
+        self._epoch, self._yielded = epoch, skip
+        fast = skip and isinstance(self.sampler, LengthGroupedSampler) and self.batch_size is not None
+        if fast:
+            self.sampler.skip_next(skip * self.batch_size)  # before the iterator (and workers) start
+        iterator = super().__iter__()
+        if skip and not fast:  # any other sampler (e.g. a distributed wrapper): load and drop
+            for _ in itertools.islice(iterator, skip):
+                pass
+        for batch in iterator:
+            self._yielded += 1  # counted before the consumer gets it: a checkpoint then includes it
+            yield batch

@@ -2,15 +2,26 @@
 
 Expected failures (bad data, a model that cannot be loaded, non-finite training) end in one
 ``error: ...`` line and exit code 2, not a traceback: the message already says what to do.
+
+Interruption: ``fit`` stopped by SIGTERM or a first Ctrl+C finishes the current optimizer step,
+saves a checkpoint (``ModelCheckpoint(save_on_exception=True)`` in the shipped configs) and exits
+with 128 + the signal number; ``fit --ckpt_path last`` then continues exactly where it stopped.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
+import lightning as L
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from sft_lightning.checkpoint_io import AtomicCheckpointIO, find_last_checkpoint
 from sft_lightning.data import SFTDataModule
 from sft_lightning.models import ModelLoadError
 from sft_lightning.module import SFTModule
@@ -25,7 +36,72 @@ except ImportError:  # pragma: no cover
     pass
 
 
+class SigintAsSigterm:
+    """While fitting, treat the first Ctrl+C as SIGTERM; a second one kills the process.
+
+    Lightning 2.6.6 handles the two differently. SIGTERM only sets a flag; the loops check it
+    after a whole training step (or between validation batches) and raise ``SIGTERMException``,
+    so the on-exception checkpoint holds the last completed optimizer step. SIGINT raises
+    ``KeyboardInterrupt`` wherever the program is, e.g. halfway through ``optimizer.step()``,
+    and that half-updated state is what the on-exception checkpoint would save. A second
+    Ctrl+C gets the default action (immediate exit, nothing saved: the previous checkpoint is
+    intact because checkpoints are written atomically).
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = signal.SIG_DFL
+
+    def __enter__(self) -> SigintAsSigterm:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGINT)
+            return
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            raise KeyboardInterrupt  # not in the training loop (still loading): nothing to save
+        self.received = True
+        print("\nCtrl+C: stopping after the current step and saving a checkpoint (again to kill).", file=sys.stderr, flush=True)
+        signal.raise_signal(signal.SIGTERM)  # Lightning's handler is installed during fit
+
+
 class SFTLightningCLI(LightningCLI):
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        # Every run writes checkpoints atomically, unless the user configured their own CheckpointIO.
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+    def fit(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None, **kwargs: Any) -> None:
+        """``trainer.fit`` that finds ``--ckpt_path last`` in earlier run versions and reports interruptions."""
+        if kwargs.get("ckpt_path") == "last":
+            # Lightning looks only in this run's new version_N directory (see find_last_checkpoint);
+            # with nothing found anywhere, "last" stays and Lightning starts fresh with a warning.
+            kwargs["ckpt_path"] = find_last_checkpoint(self.trainer) or "last"
+            if kwargs["ckpt_path"] != "last":
+                print(f"resuming from {kwargs['ckpt_path']}", file=sys.stderr, flush=True)
+        with SigintAsSigterm() as sigint:
+            try:
+                self.trainer.fit(model, datamodule=datamodule, **kwargs)
+            except SIGTERMException:  # a SystemExit whose code is 0: make it a failure
+                signum = signal.SIGINT if sigint.received else signal.SIGTERM
+                callback = self.trainer.checkpoint_callback
+                saved = getattr(callback, "last_model_path", "") or "none (no ModelCheckpoint with save_on_exception)"
+                print(
+                    f"interrupted by {signum.name} at step {self.trainer.global_step}; checkpoint: {saved}. "
+                    "Resume with the same command plus --ckpt_path last.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                raise SystemExit(128 + signum) from None
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # One model name drives both the weights and the tokenizer, so they cannot disagree.
         parser.link_arguments("model.model", "data.tokenizer")

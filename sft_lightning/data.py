@@ -13,7 +13,7 @@ import lightning as L
 from torch.utils.data import DataLoader, SequentialSampler
 from transformers import PreTrainedTokenizerBase
 
-from sft_lightning.batching import EvalCollator, Example, LengthGroupedSampler, TrainCollator
+from sft_lightning.batching import EvalCollator, Example, LengthGroupedSampler, ResumableDataLoader, TrainCollator
 from sft_lightning.models import EMBEDDED, load_tokenizer
 from sft_lightning.prompt import format_answer, format_prompt
 from sft_lightning.records import DataError, QARecord, holdout_split, load_records, make_record
@@ -129,7 +129,8 @@ class SFTDataModule(L.LightningDataModule):
         self._require_setup()
         assert self.tokenizer is not None
         sampler = LengthGroupedSampler([len(ex) for ex in self.train_examples], self.hparams.batch_size, self.hparams.seed)
-        return DataLoader(
+        # Resumable: `fit --ckpt_path` after a mid-epoch stop continues with the very next batch.
+        return ResumableDataLoader(
             self.train_examples,
             batch_size=self.hparams.batch_size,
             sampler=sampler,

@@ -1,7 +1,9 @@
 """The one prompt/answer format, shared by training and generation so the two never drift.
 
-ChatML (SmolLM2's own format) without the template's default system prompt: the model sees
-the same turn structure it was instruction-tuned on, and every example is ~20 tokens shorter.
+The prompt is the bare question and a newline. SmolLM2's ChatML turn wrapper would cost ~9 of
+the ~31 tokens of a typical example, i.e. ~30% of every training step on a CPU budget that is
+better spent on more examples; the fine-tuned model learns this format instead. The answer always ends with the tokenizer's EOS (appended as an id by the data module), so
+generation stops by itself.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ ANSWER_CLOSE = "</answer>"
 
 def format_prompt(question: str) -> str:
     """Everything the model is given; generation continues right after it."""
-    return f"<|im_start|>user\n{question.strip()}<|im_end|>\n<|im_start|>assistant\n"
+    return f"{question.strip()}\n"
 
 
 def format_answer(value: float, significant_digits: int = 4) -> str:

@@ -149,7 +149,7 @@ base_path = json.load(open(f"{adapter}/adapter_config.json"))["base_model_name_o
 base = AutoModelForCausalLM.from_pretrained(base_path)
 model = PeftModel.from_pretrained(base, adapter).eval()
 tok = AutoTokenizer.from_pretrained(adapter)
-prompt = "<|im_start|>user\nHow many meters are in 6 km?<|im_end|>\n<|im_start|>assistant\n"
+prompt = "How many meters are in 6 km?\n"  # sft_lightning.prompt.format_prompt's format
 ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
 out = model.generate(**ids, max_new_tokens=16, do_sample=False)
 print(tok.decode(out[0, ids["input_ids"].shape[1]:]))

@@ -324,20 +324,31 @@ def test_greedy_rows_finished_early_are_eos_padded(gen_model, tokenizer) -> None
 
 def test_greedy_stops_when_every_row_has_emitted_eos(diverse_model, tokenizer) -> None:
     prompts = _prompt_ids(tokenizer)[:2]  # two prompts of different lengths
-    pad = tokenizer.pad_token_id
-    free = [_generate_alone(diverse_model, p, tokenizer.eos_token_id, pad) for p in prompts]
-    # A stand-in EOS every row emits, at different steps: generation must stop after the last.
-    first = {t: [a.index(t) if t in a else None for a in free] for a in free for t in a}
-    candidates = [(max(p), t) for t, p in first.items() if None not in p and len(set(p)) > 1 and max(p) < MAX_NEW - 2]
-    if not candidates:
-        pytest.fail(f"no token shared by all rows at different steps in {free}")
-    last, eos = min(candidates)
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    free = [_generate_alone(diverse_model, p, eos, pad) for p in prompts]
+    # Force EOS for row 0 at decode step 1 and for row 1 at step 3 (step = LM-head call index):
+    # generation must stop right after step 3, and row 0 must be EOS-padded after step 1.
+    eos_step = {0: 1, 1: 3}
+    calls = []
+
+    def force_eos(module, args, output):
+        step = len(calls)
+        calls.append(step)
+        for row, at in eos_step.items():
+            if step == at:
+                output[row, -1, eos] = output[row, -1].max() + 1e3
+        return output
+
     ids, mask = _left_pad(prompts, pad)
-    out = greedy_generate(diverse_model, ids, mask, MAX_NEW, eos)
-    assert out.shape == (len(prompts), last + 1)
-    assert out.shape[1] < MAX_NEW
-    alone = [_generate_alone(diverse_model, p, eos, pad) for p in prompts]
-    assert out.tolist() == _expected_batch(alone, eos)
+    hook = diverse_model.lm_head.register_forward_hook(force_eos)
+    try:
+        out = greedy_generate(diverse_model, ids, mask, MAX_NEW, eos)
+    finally:
+        hook.remove()
+    assert out.shape == (2, 4) and out.shape[1] < MAX_NEW
+    assert len(calls) == 4  # no decoding step after the last row finished
+    assert out[0].tolist() == free[0][:1] + [eos, eos, eos]
+    assert out[1].tolist() == free[1][:3] + [eos]
 
 
 def test_greedy_stops_immediately_when_eos_is_argmax(tokenizer) -> None:

@@ -11,24 +11,19 @@ from sft_lightning.metrics import parse_answer
 from sft_lightning.prompt import ANSWER_CLOSE, ANSWER_OPEN, format_answer, format_number, format_prompt
 
 
-def test_format_prompt_exact_chatml_structure() -> None:
-    assert format_prompt("How many metres in a mile?") == (
-        "<|im_start|>user\nHow many metres in a mile?<|im_end|>\n<|im_start|>assistant\n"
-    )
+def test_format_prompt_exact_structure() -> None:
+    assert format_prompt("How many metres in a mile?") == "How many metres in a mile?\n"
 
 
-def test_format_prompt_strips_question_and_has_no_system_turn() -> None:
+def test_format_prompt_strips_question() -> None:
     prompt = format_prompt("  \n Convert 5 kg to lb \t\n")
-    assert prompt == "<|im_start|>user\nConvert 5 kg to lb<|im_end|>\n<|im_start|>assistant\n"
-    assert "system" not in prompt
-    assert prompt.count("<|im_start|>") == 2
-    assert prompt.count("<|im_end|>") == 1
-    assert prompt.endswith("<|im_start|>assistant\n")  # generation continues right here
+    assert prompt == "Convert 5 kg to lb\n"
+    assert prompt.endswith("\n")  # generation continues right here
 
 
 def test_format_prompt_keeps_inner_text_verbatim() -> None:
     question = "Line one\n  line two: 3°C -> °F?"
-    assert f"user\n{question}<|im_end|>" in format_prompt(question)
+    assert format_prompt(question) == f"{question}\n"
 
 
 @pytest.mark.parametrize(

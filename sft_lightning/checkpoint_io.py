@@ -1,0 +1,104 @@
+"""Checkpoint files on disk: written atomically, and found again for ``--ckpt_path last``.
+
+Why not Lightning's own ``TorchCheckpointIO`` (2.6.6)? Its ``_atomic_save`` serialises to
+memory, writes a ``tempfile.mkstemp()`` file in the *system* temp directory and commits with
+``shutil.move``. That is atomic only when the temp directory and the run directory share a
+filesystem: otherwise (``/tmp`` on tmpfs, a mounted volume) the move falls back to copying
+into the final path, and an interruption leaves a truncated checkpoint there. Nothing is
+fsynced either, so a crash can leave an empty file after the rename. Writing a sibling
+``<name>.tmp-<pid>``, fsyncing it and ``os.replace``-ing it avoids all three.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` that leaves either the old file or the complete new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # KeyboardInterrupt/SystemExit too: never leave the temp file behind
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose local saves go through :func:`atomic_torch_save`.
+
+    Remote (fsspec) paths keep Lightning's behaviour: object stores replace objects whole.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        atomic_torch_save(checkpoint, os.fspath(path))
+
+
+def find_last_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The newest ``last*.ckpt`` of this run name, whichever ``version_N`` wrote it.
+
+    Lightning resolves ``ckpt_path="last"`` only inside the *current* run's checkpoint
+    directory. With a logger that directory is ``<save_dir>/<name>/version_N/checkpoints`` and
+    every CLI run gets a new N, so Lightning would never see the previous run's checkpoint and
+    would silently start from scratch. We look in every version directory of the run name
+    instead (and in a fixed ``dirpath`` if one is configured), newest file first, as Lightning
+    does. Keeping the per-run layout (rather than one fixed ``dirpath`` for all runs) means runs
+    never overwrite each other's checkpoints.
+    """
+    directories: set[Path] = set()
+    names: set[str] = set()
+    for callback in trainer.checkpoint_callbacks:
+        if not isinstance(callback, ModelCheckpoint):
+            continue
+        names.add(callback.CHECKPOINT_NAME_LAST)
+        if callback.dirpath is not None:
+            directories.add(Path(callback.dirpath))
+        elif trainer.loggers:
+            logger = trainer.loggers[0]
+            root = Path(logger.save_dir or trainer.default_root_dir, str(logger.name or ""))
+            directories.update(root.glob("*/checkpoints"))
+        else:
+            directories.add(Path(trainer.default_root_dir) / "checkpoints")
+    candidates = [
+        path
+        for directory in directories
+        for path in directory.glob("*.ckpt")
+        if any(path.stem.startswith(name) for name in names)  # "last", "last-v1", like Lightning
+    ]
+    if not candidates:
+        return None
+    return str(max(candidates, key=lambda p: p.stat().st_mtime))

@@ -1,0 +1,290 @@
+"""Every bad input through the real `sft-lightning` console script: one clean `error: ...` line
+naming the cause and the fix, a non-zero exit, no traceback, and (for bad data) no model loaded.
+
+"No model loaded" is checked with a probe, not guessed from timing: a ``sitecustomize`` put on
+the subprocess's PYTHONPATH wraps ``sft_lightning.models.load_model`` and
+``sft_lightning.tiny_model.build_tiny_llama`` so that any call prints ``PROBE_MARKER`` to stderr.
+The checkpoint fixture (a real 2-step fit) is the positive control that the probe fires.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+CLI = shutil.which("sft-lightning") or str(Path(sys.executable).parent / "sft-lightning")
+TRACEBACK = "Traceback (most recent call last)"
+PROBE_MARKER = "[cli-error-probe] base model load requested"
+
+PROBE_SITECUSTOMIZE = f'''
+import sys
+
+def _wrap(fn):
+    def probed(*args, **kwargs):
+        print({PROBE_MARKER!r}, file=sys.stderr, flush=True)
+        return fn(*args, **kwargs)
+    return probed
+
+try:
+    import sft_lightning.models as _models
+    import sft_lightning.tiny_model as _tiny
+except Exception as exc:  # never break the CLI; the tests then fail on the missing marker
+    print(f"[cli-error-probe] not installed: {{exc!r}}", file=sys.stderr, flush=True)
+else:
+    _models.load_model = _wrap(_models.load_model)
+    _tiny.build_tiny_llama = _wrap(_tiny.build_tiny_llama)
+'''
+
+
+@dataclass
+class CLIResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("error: ")]
+
+    @property
+    def model_loaded(self) -> bool:
+        return PROBE_MARKER in self.stderr
+
+
+@pytest.fixture(scope="module")
+def probe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("probe")
+    (path / "sitecustomize.py").write_text(PROBE_SITECUSTOMIZE)
+    return path
+
+
+def _run(probe_dir: Path, cwd: Path, *args: str, timeout: int = 240) -> CLIResult:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(probe_dir), env.get("PYTHONPATH", "")) if p)
+    start = time.monotonic()
+    proc = subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return CLIResult(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
+
+
+@pytest.fixture
+def cli(probe_dir: Path, tmp_path: Path):
+    """``cli(*overrides)`` runs ``sft-lightning fit --config smoke.yaml *overrides`` in tmp_path."""
+
+    def run(*overrides: str, command: str = "fit", timeout: int = 240) -> CLIResult:
+        return _run(probe_dir, tmp_path, command, "--config", SMOKE, *overrides, timeout=timeout)
+
+    return run
+
+
+def assert_clean_error(result: CLIResult, *fragments: str) -> str:
+    """Non-zero exit, no traceback, exactly one `error:` line holding every fragment; returns it."""
+    tail = result.output[-4000:]
+    assert result.returncode != 0, f"expected failure, exit 0:\n{tail}"
+    assert TRACEBACK not in result.output, f"traceback instead of a clean message:\n{tail}"
+    assert len(result.error_lines) == 1, f"expected one 'error: ...' line on stderr:\n{tail}"
+    line = result.error_lines[0]
+    for fragment in fragments:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+    return line
+
+
+def assert_data_error(result: CLIResult, cwd: Path, *fragments: str) -> str:
+    """A clean error, exit 2, raised before any model was built and before any run output."""
+    line = assert_clean_error(result, *fragments)
+    assert result.returncode == 2, result.output[-2000:]
+    assert not result.model_loaded, "the base model was loaded before the data error was reported"
+    assert not list(cwd.rglob("*.ckpt")) and not list(cwd.rglob("config.yaml")), sorted(cwd.rglob("*"))
+    assert "sft-lightning fit summary" not in result.stdout
+    assert result.seconds < 60, f"data error took {result.seconds:.1f}s"
+    return line
+
+
+def write_json(path: Path, data: object) -> str:
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------- data
+
+
+def test_missing_data_file(cli, tmp_path: Path) -> None:
+    result = cli("--data.train_file", "no_such_file.json")
+    assert_data_error(result, tmp_path, "data file not found: no_such_file.json", "Fix: check the path")
+
+
+def test_invalid_json_names_line_and_column(cli, tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text('[\n  ["Convert 2 km to m.", 2000],\n  ["Convert 3 km to m." 3000]\n]\n')
+    result = cli("--data.train_file", str(path))
+    assert_data_error(result, tmp_path, f"{path}: invalid JSON at line 3, column 24", "Expecting ',' delimiter")
+
+
+def test_json_record_that_is_not_a_pair(cli, tmp_path: Path) -> None:
+    path = write_json(tmp_path / "triple.json", [["Convert 2 km to m.", 2000], ["Convert 3 km to m.", 3000, "m"]])
+    result = cli("--data.train_file", path)
+    assert_data_error(result, tmp_path, f"{path}: record 1 is not a [question, answer] pair", "3000, 'm'")
+
+
+def test_jsonl_record_without_answer_field(cli, tmp_path: Path) -> None:
+    path = tmp_path / "records.jsonl"
+    path.write_text('{"question": "Convert 2 km to m.", "answer": 2000}\n{"question": "Convert 3 km to m."}\n')
+    result = cli("--data.train_file", str(path))
+    assert_data_error(result, tmp_path, f"{path}: line 2: missing field 'answer'")
+
+
+def test_non_numeric_answer(cli, tmp_path: Path) -> None:
+    path = write_json(tmp_path / "words.json", [["Convert 2 km to m.", 2000], ["Convert 3 km to m.", "three thousand"]])
+    result = cli("--data.train_file", path)
+    assert_data_error(result, tmp_path, f"{path}: record 1: answer must be a number, got 'three thousand'")
+
+
+@pytest.mark.parametrize(("literal", "shown"), [("NaN", "nan"), ("Infinity", "inf"), ("-Infinity", "-inf")])
+def test_non_finite_answer(cli, tmp_path: Path, literal: str, shown: str) -> None:
+    path = tmp_path / "nonfinite.json"
+    path.write_text(f'[["Convert 2 km to m.", 2000], ["Convert 3 km to m.", {literal}]]')
+    result = cli("--data.train_file", str(path))
+    assert_data_error(
+        result, tmp_path,
+        f"{path}: record 1: answer must be finite, got {shown}.",
+        "Fix: remove the record or correct its answer.",
+    )
+
+
+def test_empty_record_set(cli, tmp_path: Path) -> None:
+    path = write_json(tmp_path / "empty.json", [])
+    result = cli("--data.train_file", path)
+    assert_data_error(result, tmp_path, f"{path}: contains no records.", "Fix: add at least one question/answer pair.")
+
+
+def test_question_too_long_for_max_length(cli, tmp_path: Path) -> None:
+    records = [[f"Convert {i} km to m.", i * 1000] for i in range(1, 21)]
+    records[5][0] = "Convert 6 km to m. " + "Please think carefully. " * 10
+    train = write_json(tmp_path / "long.json", records)
+    result = cli("--data.train_file", train, "--data.max_length", "80")
+    assert_data_error(
+        result, tmp_path,
+        f"{train}: record 5 needs",
+        "more than data.max_length=80, so its answer would be truncated",
+        "Question starts: 'Convert 6 km to m. Please think",
+        "Fix: shorten the question or raise --data.max_length.",
+    )
+
+
+def test_unknown_unit_in_generator_config(cli, tmp_path: Path) -> None:
+    result = cli("--data.units", '{"length": ["furlongz"]}')
+    line = assert_data_error(result, tmp_path, "generator configuration: unknown length unit 'furlongz'")
+    # The fix is the list of what is accepted.
+    assert "accepted length spellings:" in line and "furlong" in line.split("accepted length spellings:")[1]
+
+
+def test_unknown_family_in_generator_config(cli, tmp_path: Path) -> None:
+    result = cli("--data.families", "[length, smell]")
+    assert_data_error(
+        result, tmp_path,
+        "generator configuration: unknown unit family 'smell'",
+        "expected one of: length, mass, time",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "unitconv._prepare raises a plain ValueError ('cannot generate N unique questions ... widen "
+        "families/units or ask for fewer') that SFTDataModule._read_records does not convert to DataError "
+        "(it only catches UnknownUnitError/UnknownFamilyError), so the CLI shows a traceback"
+    ),
+)
+def test_generator_config_too_narrow_for_requested_size(cli, tmp_path: Path) -> None:
+    result = cli("--data.families", "[temperature]", "--data.units", '{"temperature": ["degC", "degF"]}',
+                 "--data.train_size", "100000")
+    assert_data_error(result, tmp_path, "cannot generate", "widen families/units or ask for fewer")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_unknown_config_key_is_named(cli, tmp_path: Path) -> None:
+    result = cli("--model.lora_rank", "8")
+    assert result.returncode != 0
+    assert TRACEBACK not in result.output, result.output[-3000:]
+    assert "lora_rank" in result.stderr, result.stderr[-3000:]
+    assert not result.model_loaded
+
+
+# ------------------------------------------------------------------------------ model
+
+
+def test_model_path_that_does_not_exist(cli, tmp_path: Path) -> None:
+    result = cli("--model.model", "./no/such/dir")
+    assert_clean_error(result, "model path not found: ./no/such/dir.", "Fix: check the path")
+    assert result.returncode == 2 and not result.model_loaded
+
+
+def test_hub_id_offline_fails_fast(cli, tmp_path: Path) -> None:
+    result = cli("--model.model", "SomeOrg/some-model")
+    assert_clean_error(
+        result,
+        "could not load model 'SomeOrg/some-model'",
+        "the hub is unreachable (offline)",
+        "Fix: use 'embedded'",
+    )
+    assert result.returncode == 2 and not result.model_loaded
+    assert result.seconds < 30, f"offline hub id took {result.seconds:.1f}s to fail"
+
+
+def test_gguf_path_that_does_not_exist(cli, tmp_path: Path) -> None:
+    result = cli("--model.model", "no_such_model.gguf")
+    assert_clean_error(result, "GGUF file not found: no_such_model.gguf.", "Fix: check the path")
+    assert result.returncode == 2 and not result.model_loaded
+
+
+def test_adapter_directory_without_adapter_config(cli, tmp_path: Path) -> None:
+    adapter = tmp_path / "not_an_adapter"
+    adapter.mkdir()
+    (adapter / "README.md").write_text("nothing here")
+    result = cli("--model.adapter", str(adapter))
+    assert_clean_error(result, f"adapter directory {adapter} has no adapter_config.json.", "Fix: pass the 'adapter' directory")
+    assert result.returncode == 2 and not result.model_loaded
+
+
+# ------------------------------------------------------------------------- checkpoint
+
+
+@pytest.fixture(scope="module")
+def lora_r4_checkpoint(probe_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = tmp_path_factory.mktemp("r4_run")
+    fit = _run(probe_dir, cwd, "fit", "--config", SMOKE, "--model.lora_r", "4", "--trainer.max_steps", "2")
+    assert fit.returncode == 0, fit.output[-3000:]
+    assert fit.model_loaded, "probe did not fire on a real fit: the no-model-loaded checks would be vacuous"
+    ckpt = cwd / "runs" / "smoke" / "version_0" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file(), sorted(cwd.rglob("*"))
+    return ckpt
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "SFTModule.on_load_checkpoint only checks for *missing* trainable tensor names; lora_r 4 vs 8 "
+        "gives the same names, so the mismatch reaches load_state_dict and ends in a RuntimeError "
+        "'size mismatch for model.base_model...lora_A.default.weight' traceback, exit 1"
+    ),
+)
+def test_checkpoint_from_different_lora_config(cli, lora_r4_checkpoint: Path) -> None:
+    result = cli("--model.lora_r", "8", "--ckpt_path", str(lora_r4_checkpoint), command="validate")
+    assert_clean_error(result, "checkpoint does not match this model's LoRA adapter", "lora_r")
+    assert result.returncode == 2

@@ -1,0 +1,145 @@
+"""Interrupting `fit` (SIGTERM, Ctrl+C) and resuming with `--ckpt_path last` gives the same adapter
+as an uninterrupted run: through the real CLI, plus the resumable train loader on its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from safetensors.torch import load_file
+
+from sft_lightning.batching import LengthGroupedSampler, ResumableDataLoader
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = shutil.which("sft-lightning") or str(Path(sys.executable).parent / "sft-lightning")
+# smoke.yaml has 64 training examples in batches of 8: 8 steps per epoch, so 12 steps end mid-epoch 1.
+MAX_STEPS = 12
+
+
+class SignalAt(Callback):
+    """Test-only: sends ``signum`` to its own process in the middle of the optimizer step that
+    follows ``step`` (gradients computed, update not yet applied): the worst moment to stop."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        self.signum, self.step, self.sent = signum, step, False
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        if trainer.global_step == self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+def fit(cwd: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")])),
+    }
+    args = ["fit", "--config", str(REPO / "configs" / "smoke.yaml"), "--trainer.max_steps", str(MAX_STEPS), *extra]
+    return subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def adapter_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    result = fit(cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return adapter_weights(cwd / "runs" / "smoke" / "version_0")
+
+
+@pytest.mark.parametrize(
+    ("signum", "step"),
+    [(signal.SIGTERM, 9), (signal.SIGINT, 5)],  # mid-epoch 1 and mid-epoch 0
+    ids=["SIGTERM", "SIGINT"],
+)
+def test_interrupted_fit_resumes_to_the_uninterrupted_adapter(
+    tmp_path: Path, uninterrupted: dict[str, torch.Tensor], signum: signal.Signals, step: int
+) -> None:
+    callback = json.dumps({"class_path": "test_resume.SignalAt", "init_args": {"signum": int(signum), "step": step}})
+    stopped = fit(tmp_path, f"--trainer.callbacks+={callback}")
+    assert stopped.returncode == 128 + signum, stopped.stderr[-3000:]
+    assert f"interrupted by {signum.name} at step {step + 1}" in stopped.stderr
+
+    first = tmp_path / "runs" / "smoke" / "version_0"
+    assert not (first / "adapter").exists()  # an interrupted run exports nothing
+    ckpt = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == step + 1  # the step in flight was completed, then saved
+
+    resumed = fit(tmp_path, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # The new run (version_1) found the checkpoint of the interrupted one (version_0).
+    assert f"resuming from {Path('runs/smoke/version_0/checkpoints/last.ckpt')}" in resumed.stderr
+    second = tmp_path / "runs" / "smoke" / "version_1"
+    final = torch.load(second / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == MAX_STEPS
+
+    weights = adapter_weights(second)
+    assert weights.keys() == uninterrupted.keys()
+    for name, tensor in uninterrupted.items():
+        torch.testing.assert_close(weights[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+# ------------------------------------------------------------------ the resumable loader on its own
+class CountingCollate:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.calls += 1
+        return list(items)
+
+
+def make_loader(n: int = 44, batch_size: int = 4) -> tuple[ResumableDataLoader, CountingCollate]:
+    lengths = [(i * 7) % 13 for i in range(n)]
+    collate = CountingCollate()
+    sampler = LengthGroupedSampler(lengths, batch_size=batch_size, seed=3, group_factor=2)
+    return ResumableDataLoader(list(range(n)), batch_size=batch_size, sampler=sampler, collate_fn=collate), collate
+
+
+def test_loader_resumes_mid_epoch_without_loading_skipped_batches() -> None:
+    loader, _ = make_loader()
+    loader.sampler.set_epoch(2)
+    full = list(loader)
+
+    interrupted, _ = make_loader()
+    interrupted.sampler.set_epoch(2)
+    iterator = iter(interrupted)
+    seen = [next(iterator) for _ in range(4)]
+    state = interrupted.state_dict()
+    assert state == {"epoch": 2, "batches": 4}
+
+    resumed, collate = make_loader()
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(2)  # Lightning sets the epoch after creating the iterator
+    rest = list(resumed)
+    assert seen + rest == full
+    assert collate.calls == len(full) - 4  # the skipped batches were never loaded
+    assert resumed.state_dict() == {"epoch": 2, "batches": len(full)}
+
+
+def test_loader_state_of_a_finished_epoch_does_not_skip_the_next() -> None:
+    loader, _ = make_loader()
+    list(loader)  # epoch 0, consumed
+    resumed, _ = make_loader()
+    resumed.load_state_dict(loader.state_dict())
+    resumed.sampler.set_epoch(1)
+    reference, _ = make_loader()
+    reference.sampler.set_epoch(1)
+    assert list(resumed) == list(reference)
+    # The resume state is used once: the next epoch starts from its beginning.
+    assert len(list(resumed)) == len(reference)
