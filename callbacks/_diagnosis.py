@@ -23,6 +23,29 @@ D_GRAD_OVERFLOW = "loss finite but gradients non-finite: overflow in backward"
 D_GRAD_NAN = "loss finite but gradients non-finite: nan in backward"
 
 
+_ADVICE = {
+    D_PARAMS_BEFORE: "the weights were already broken: resume from the last good checkpoint, or use "
+    "on_nonfinite='rollback'",
+    D_PARAMS_AFTER: "keep trainable weights in fp32 (not precision='16-true'), lower the learning rate, "
+    "or use on_nonfinite='rollback'",
+    D_EMPTY_BATCH: "every batch needs at least one label != ignore_index; check prompt masking and truncation",
+    D_LOSS_NAN: "inspect this batch's inputs and the loss computation; lower the learning rate",
+    D_LOSS_INF: "inspect this batch's inputs and the loss computation; lower the learning rate",
+    D_GRAD_OVERFLOW: "use bf16-mixed or 32-true (or 16-mixed with a GradScaler), lower the learning rate, "
+    "keep gradient clipping on",
+    D_GRAD_NAN: "look for 0/0, log(0) or sqrt of negatives in the model/loss; lower the learning rate",
+}
+_SCALE_ADVICE = (
+    "gradients overflow fp16 at every loss scale: use bf16-mixed or 32-true, keep trainable weights fp32, "
+    "lower the learning rate"
+)
+
+
+def advice(diagnosis: str) -> str:
+    """What to try next for a diagnosis line: every abort message names a fix, not only a cause."""
+    return _ADVICE.get(diagnosis, _SCALE_ADVICE if diagnosis.startswith("fp16 overflow") else "see the report")
+
+
 def scale_collapse(from_scale: float, to_scale: float, steps: int) -> str:
     """Diagnosis for a loss scale that kept backing off (or fell below the floor)."""
     return f"fp16 overflow: scale collapsed from {from_scale:g} to {to_scale:g} in {steps} steps"

@@ -10,6 +10,8 @@ with 128 + the signal number; ``fit --ckpt_path last`` then continues exactly wh
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -67,7 +69,9 @@ class SigintAsSigterm:
         if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.SIG_IGN, None):
             raise KeyboardInterrupt  # not in the training loop (still loading): nothing to save
         self.received = True
-        print("\nCtrl+C: stopping after the current step and saving a checkpoint (again to kill).", file=sys.stderr, flush=True)
+        # os.write, not print: the handler may interrupt a buffered write to stderr (progress bar).
+        with contextlib.suppress(OSError):
+            os.write(2, b"\nCtrl+C: stopping after the current step, then saving a checkpoint (again to kill)\n")
         signal.raise_signal(signal.SIGTERM)  # Lightning's handler is installed during fit
 
 

@@ -547,3 +547,11 @@ def test_unchanged_callback_on_an_mlp_classifier(tmp_path: Path) -> None:
     with torch.no_grad():
         accuracy = (model(clean_x).argmax(-1) == clean_y).float().mean().item()
     assert accuracy > 0.9
+
+
+def test_every_diagnosis_comes_with_a_fix() -> None:
+    from callbacks import _diagnosis as dx
+
+    for line in (dx.D_PARAMS_BEFORE, dx.D_PARAMS_AFTER, dx.D_EMPTY_BATCH, dx.D_LOSS_NAN, dx.D_LOSS_INF,
+                 dx.D_GRAD_OVERFLOW, dx.D_GRAD_NAN, dx.scale_collapse(65536, 1e-4, 18)):
+        assert dx.advice(line) != "see the report", line
