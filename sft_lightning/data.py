@@ -17,7 +17,7 @@ from sft_lightning.batching import EvalCollator, Example, LengthGroupedSampler, 
 from sft_lightning.models import EMBEDDED, load_tokenizer
 from sft_lightning.prompt import format_answer, format_prompt
 from sft_lightning.records import DataError, QARecord, holdout_split, load_records, make_record
-from sft_lightning.unitconv import UnknownFamilyError, UnknownUnitError, generate_splits
+from sft_lightning.unitconv import generate_splits
 
 
 class SFTDataModule(L.LightningDataModule):
@@ -83,7 +83,7 @@ class SFTDataModule(L.LightningDataModule):
                 raise DataError(f"data.train_size and data.val_size must be >= 1, got {train_size} and {val_size}")
             try:
                 train_q, val_q = generate_splits(train_size, val_size, seed, families=families, units=units)
-            except (UnknownUnitError, UnknownFamilyError) as exc:
+            except ValueError as exc:  # unknown unit/family, or more questions than the units allow
                 raise DataError(f"generator configuration: {exc}") from None
             train = [make_record(q.question, q.answer, "generated question") for q in train_q]
             generated_val = [make_record(q.question, q.answer, "generated question") for q in val_q]
@@ -100,9 +100,15 @@ class SFTDataModule(L.LightningDataModule):
         hp = self.hparams
         self.tokenizer = load_tokenizer(hp.tokenizer, hp.cache_dir)
         self.train_examples = self._tokenize(self.train_records, hp.train_file or "generated training set")
-        self.val_examples = self._tokenize(self.val_records, hp.val_file or hp.train_file or "generated validation set")
+        # Held-out validation records are the tail of train_file: number them as in the file.
+        held_out = hp.train_file is not None and hp.val_file is None
+        self.val_examples = self._tokenize(
+            self.val_records,
+            hp.val_file or hp.train_file or "generated validation set",
+            first_index=len(self.train_records) if held_out else 0,
+        )
 
-    def _tokenize(self, records: Sequence[QARecord], source: str) -> list[Example]:
+    def _tokenize(self, records: Sequence[QARecord], source: str, first_index: int = 0) -> list[Example]:
         """Tokenise all records in one batched call; reject any that would not fit ``max_length``."""
         assert self.tokenizer is not None
         hp = self.hparams
@@ -118,7 +124,7 @@ class SFTDataModule(L.LightningDataModule):
             a_ids = [*a_ids, eos]
             if len(p_ids) + len(a_ids) > hp.max_length:
                 raise DataError(
-                    f"{source}: record {index} needs {len(p_ids)} prompt + {len(a_ids)} answer tokens, more than "
+                    f"{source}: record {first_index + index} needs {len(p_ids)} prompt + {len(a_ids)} answer tokens, more than "
                     f"data.max_length={hp.max_length}, so its answer would be truncated and nothing supervised. "
                     f"Question starts: {record.question[:60]!r}. Fix: shorten the question or raise --data.max_length."
                 )

@@ -27,8 +27,9 @@ def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 def supervised_loss_sum(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Sum of next-token cross-entropy over supervised positions, and how many there were.
 
-    A batch with no supervised tokens returns (0, 0); dividing gives NaN on purpose, so the
-    gradient-health callback stops the run and names the cause instead of training on nothing.
+    A batch with no supervised tokens returns (0, 0): it contributes nothing to its accumulation
+    window (SFTModule normalises by the window's count). The data module rejects records without
+    answer tokens, and the gradient-health callback stops a run that meets such a batch anyway.
     """
     body, head = causal_lm_parts(model)
     hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

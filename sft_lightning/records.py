@@ -45,13 +45,15 @@ def _json_records(text: str, path: Path) -> Iterable[QARecord]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}.") from None
+        raise DataError(
+            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}. Fix: correct the file there."
+        ) from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of [question, answer] pairs, got {type(data).__name__}.")
     for index, item in enumerate(data):
         where = f"{path}: record {index}"
         if not (isinstance(item, (list, tuple)) and len(item) == 2):
-            raise DataError(f"{where} is not a [question, answer] pair: {_short(item)}.")
+            raise DataError(f"{where} is not a [question, answer] pair: {_short(item)}. Fix: write it as [\"question\", number].")
         yield make_record(item[0], item[1], where)
 
 
@@ -63,12 +65,15 @@ def _jsonl_records(text: str, path: Path) -> Iterable[QARecord]:
         try:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{where}, column {exc.colno}: invalid JSON: {exc.msg}.") from None
+            raise DataError(f"{where}, column {exc.colno}: invalid JSON: {exc.msg}. Fix: one JSON object per line.") from None
         if not isinstance(item, dict):
             raise DataError(f"{where}: expected an object with 'question' and 'answer' fields, got {_short(item)}.")
         missing = [key for key in ("question", "answer") if key not in item]
         if missing:
-            raise DataError(f"{where}: missing field {', '.join(repr(m) for m in missing)}.")
+            raise DataError(
+                f"{where}: missing field {', '.join(repr(m) for m in missing)}. "
+                'Fix: each line needs {"question": ..., "answer": ...}.'
+            )
         yield make_record(item["question"], item["answer"], where)
 
 
@@ -78,7 +83,7 @@ def make_record(question: object, answer: object, where: str = "record") -> QARe
         raise DataError(f"{where}: question must be a non-empty string, got {_short(question)}.")
     value = _to_number(answer)
     if value is None:
-        raise DataError(f"{where}: answer must be a number, got {_short(answer)}.")
+        raise DataError(f"{where}: answer must be a number, got {_short(answer)}. Fix: correct or remove the record.")
     if not math.isfinite(value):
         raise DataError(f"{where}: answer must be finite, got {answer!r}. Fix: remove the record or correct its answer.")
     return QARecord(question.strip(), value)

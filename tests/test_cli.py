@@ -114,7 +114,7 @@ def test_short_fit_on_embedded_model(tmp_path: Path) -> None:
         "fit",
         "--config", str(REPO / "configs" / "embedded.yaml"),
         "--trainer.max_steps", "30",
-        "--trainer.log_every_n_steps", "5",
+        "--trainer.log_every_n_steps", "1",
         "--data.train_size", "240",
         "--data.val_size", "20",
         "--data.batch_size", "8",
@@ -124,8 +124,9 @@ def test_short_fit_on_embedded_model(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "runs" / "embedded" / "version_0"
     losses = [float(r["train/loss"]) for r in read_metrics(run_dir) if r.get("train/loss")]
-    assert len(losses) >= 5 and all(math.isfinite(x) for x in losses)
-    assert sum(losses[-2:]) / 2 < 0.5 * sum(losses[:2]) / 2, losses
+    assert len(losses) == 30 and all(math.isfinite(x) for x in losses)
+    # The untuned model's answer-token loss is ~3; the format is learned within a few steps.
+    assert losses[0] > 2.0 and sum(losses[-5:]) / 5 < 0.5 * losses[0], losses
 
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert ckpt.stat().st_size < 50 * 2**20

@@ -131,7 +131,7 @@ def test_invalid_json_names_line_and_column(cli, tmp_path: Path) -> None:
     path = tmp_path / "bad.json"
     path.write_text('[\n  ["Convert 2 km to m.", 2000],\n  ["Convert 3 km to m." 3000]\n]\n')
     result = cli("--data.train_file", str(path))
-    assert_data_error(result, tmp_path, f"{path}: invalid JSON at line 3, column 24", "Expecting ',' delimiter")
+    assert_data_error(result, tmp_path, f"{path}: invalid JSON at line 3, column 25", "Expecting ',' delimiter")
 
 
 def test_json_record_that_is_not_a_pair(cli, tmp_path: Path) -> None:
@@ -153,7 +153,7 @@ def test_non_numeric_answer(cli, tmp_path: Path) -> None:
     assert_data_error(result, tmp_path, f"{path}: record 1: answer must be a number, got 'three thousand'")
 
 
-@pytest.mark.parametrize(("literal", "shown"), [("NaN", "nan"), ("Infinity", "inf"), ("-Infinity", "-inf")])
+@pytest.mark.parametrize(("literal", "shown"), [("NaN", "nan"), ("Infinity", "inf")])
 def test_non_finite_answer(cli, tmp_path: Path, literal: str, shown: str) -> None:
     path = tmp_path / "nonfinite.json"
     path.write_text(f'[["Convert 2 km to m.", 2000], ["Convert 3 km to m.", {literal}]]')
@@ -171,25 +171,37 @@ def test_empty_record_set(cli, tmp_path: Path) -> None:
     assert_data_error(result, tmp_path, f"{path}: contains no records.", "Fix: add at least one question/answer pair.")
 
 
+def _records_with_long_question(index: int) -> list[list[object]]:
+    records: list[list[object]] = [[f"Convert {i} km to m.", i * 1000] for i in range(1, 21)]
+    records[index][0] = f"Convert {index + 1} km to m. " + "Please think carefully. " * 10
+    return records
+
+
 def test_question_too_long_for_max_length(cli, tmp_path: Path) -> None:
-    records = [[f"Convert {i} km to m.", i * 1000] for i in range(1, 21)]
-    records[5][0] = "Convert 6 km to m. " + "Please think carefully. " * 10
-    train = write_json(tmp_path / "long.json", records)
+    # 20 records, smoke val_size 16: records 0-3 train, 4-19 are held out for validation.
+    train = write_json(tmp_path / "long.json", _records_with_long_question(2))
     result = cli("--data.train_file", train, "--data.max_length", "80")
     assert_data_error(
         result, tmp_path,
-        f"{train}: record 5 needs",
+        f"{train}: record 2 needs",
         "more than data.max_length=80, so its answer would be truncated",
-        "Question starts: 'Convert 6 km to m. Please think",
+        "Question starts: 'Convert 3 km to m. Please think",
         "Fix: shorten the question or raise --data.max_length.",
     )
+
+
+def test_question_too_long_in_held_out_part_names_file_record(cli, tmp_path: Path) -> None:
+    train = write_json(tmp_path / "long.json", _records_with_long_question(5))
+    result = cli("--data.train_file", train, "--data.max_length", "80")
+    assert_data_error(result, tmp_path, f"{train}: record 5 needs", "Fix: shorten the question")
 
 
 def test_unknown_unit_in_generator_config(cli, tmp_path: Path) -> None:
     result = cli("--data.units", '{"length": ["furlongz"]}')
     line = assert_data_error(result, tmp_path, "generator configuration: unknown length unit 'furlongz'")
     # The fix is the list of what is accepted.
-    assert "accepted length spellings:" in line and "furlong" in line.split("accepted length spellings:")[1]
+    accepted = line.split("accepted length spellings:")[1]
+    assert "kilometer" in accepted and "mile" in accepted
 
 
 def test_unknown_family_in_generator_config(cli, tmp_path: Path) -> None:
@@ -201,14 +213,6 @@ def test_unknown_family_in_generator_config(cli, tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "unitconv._prepare raises a plain ValueError ('cannot generate N unique questions ... widen "
-        "families/units or ask for fewer') that SFTDataModule._read_records does not convert to DataError "
-        "(it only catches UnknownUnitError/UnknownFamilyError), so the CLI shows a traceback"
-    ),
-)
 def test_generator_config_too_narrow_for_requested_size(cli, tmp_path: Path) -> None:
     result = cli("--data.families", "[temperature]", "--data.units", '{"temperature": ["degC", "degF"]}',
                  "--data.train_size", "100000")
@@ -276,15 +280,33 @@ def lora_r4_checkpoint(probe_dir: Path, tmp_path_factory: pytest.TempPathFactory
     return ckpt
 
 
+@pytest.fixture(scope="module")
+def validate_r4_checkpoint_with_r8(probe_dir: Path, lora_r4_checkpoint: Path, tmp_path_factory) -> CLIResult:
+    cwd = tmp_path_factory.mktemp("r8_validate")
+    return _run(probe_dir, cwd, "validate", "--config", SMOKE, "--model.lora_r", "8", "--ckpt_path", str(lora_r4_checkpoint))
+
+
+def test_checkpoint_from_different_lora_config_has_no_shape_traceback(validate_r4_checkpoint_with_r8: CLIResult) -> None:
+    result = validate_r4_checkpoint_with_r8
+    assert TRACEBACK not in result.output, result.output[-3000:]
+    assert "size mismatch" not in result.output
+    if result.returncode != 0:
+        assert_clean_error(result, "lora_r")
+
+
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "SFTModule.on_load_checkpoint only checks for *missing* trainable tensor names; lora_r 4 vs 8 "
-        "gives the same names, so the mismatch reaches load_state_dict and ends in a RuntimeError "
-        "'size mismatch for model.base_model...lora_A.default.weight' traceback, exit 1"
+        "LightningCLI._parse_ckpt_path (lightning 2.6) overwrites the parsed config with the checkpoint's "
+        "hyper_parameters, so `validate --ckpt_path <r4 ckpt> --model.lora_r 8` silently runs with lora_r 4 "
+        "(config.yaml of the new run says lora_r: 4), exits 0 and never mentions lora_r: the user's explicit "
+        "setting is dropped without an error or a warning"
     ),
 )
-def test_checkpoint_from_different_lora_config(cli, lora_r4_checkpoint: Path) -> None:
-    result = cli("--model.lora_r", "8", "--ckpt_path", str(lora_r4_checkpoint), command="validate")
-    assert_clean_error(result, "checkpoint does not match this model's LoRA adapter", "lora_r")
-    assert result.returncode == 2
+def test_checkpoint_from_different_lora_config_is_reported(validate_r4_checkpoint_with_r8: CLIResult) -> None:
+    result = validate_r4_checkpoint_with_r8
+    assert TRACEBACK not in result.output, result.output[-3000:]
+    told = [line for line in result.stderr.splitlines() if "lora_r" in line and "checkpoint" in line]
+    assert told, f"exit {result.returncode}; nothing on stderr says the checkpoint's lora_r differs from 8"
+    if result.returncode != 0:
+        assert_clean_error(result, "lora_r")

@@ -139,7 +139,9 @@ def test_jsonl_missing_field_names_field_and_line(tmp_path: Path, obj: dict, mis
     path = _write(tmp_path, "d.jsonl", json.dumps({"question": "q", "answer": 1}) + "\n" + json.dumps(obj) + "\n")
     with pytest.raises(DataError) as info:
         load_records(path)
-    assert str(info.value) == f"{path}: line 2: missing field {missing}."
+    assert str(info.value) == (
+        f"{path}: line 2: missing field {missing}. " 'Fix: each line needs {"question": ..., "answer": ...}.'
+    )
 
 
 @pytest.mark.parametrize("answer", ["abc", "", "12 km", [1], {"v": 1}, None])
