@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,11 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_TORCH_SAVE = torch.save
 
 
+WRITTEN_TO: list[str] = []
+
+
 def torch_save_half_then_interrupt(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+    WRITTEN_TO.append(os.fspath(f) if isinstance(f, (str, os.PathLike)) else str(getattr(f, "name", "<memory>")))
     buffer = io.BytesIO()
     REAL_TORCH_SAVE(obj, buffer, *args, **kwargs)
     data = buffer.getvalue()
@@ -54,6 +59,7 @@ def test_interrupted_checkpoint_save_keeps_the_previous_checkpoint(
     path = tmp_path / "checkpoints" / "last.ckpt"
     checkpoint_io.save_checkpoint(checkpoint(4), path)
 
+    WRITTEN_TO.clear()
     with monkeypatch.context() as patch:
         if where == "while writing":
             patch.setattr(torch, "save", torch_save_half_then_interrupt)
@@ -62,6 +68,10 @@ def test_interrupted_checkpoint_save_keeps_the_previous_checkpoint(
         with pytest.raises(KeyboardInterrupt):
             checkpoint_io.save_checkpoint(checkpoint(5), path)
 
+    if where == "while writing":
+        # Straight to a sibling file: a rename within one filesystem is atomic, a cross-device
+        # move (Lightning's system-temp-dir approach) is a copy into the final path.
+        assert [Path(name).parent for name in WRITTEN_TO] == [path.parent]
     kept = checkpoint_io.load_checkpoint(path)
     assert kept["global_step"] == 4
     torch.testing.assert_close(kept["state_dict"]["lora_A"], checkpoint(4)["state_dict"]["lora_A"])
@@ -74,6 +84,7 @@ def test_interrupted_checkpoint_save_keeps_the_previous_checkpoint(
 
 def test_every_cli_run_writes_checkpoints_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["sft-lightning"])
     cli = SFTLightningCLI(
         SFTModule, SFTDataModule, auto_configure_optimizers=False, run=False,
         args=["--config", str(REPO / "configs" / "smoke.yaml")],
