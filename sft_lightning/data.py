@@ -7,7 +7,6 @@ second); tokenisation and the truncation check happen once in ``setup``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import lightning as L
 from torch.utils.data import DataLoader, SequentialSampler
@@ -161,9 +160,3 @@ class SFTDataModule(L.LightningDataModule):
     def _require_setup(self) -> None:
         if self.tokenizer is None:
             raise RuntimeError("SFTDataModule.setup() must run before its dataloaders are requested")
-
-    @property
-    def source_description(self) -> str:
-        """For logs: where the data came from."""
-        hp = self.hparams
-        return str(Path(hp.train_file)) if hp.train_file else f"generator(seed={hp.seed}, train={hp.train_size}, val={hp.val_size})"
