@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
@@ -39,12 +41,14 @@ def _gradients(batch_size: int, accumulate: int, examples: list[Example] | None 
             param.data.normal_(0, 0.05)
     loader = DataLoader(examples or _examples(), batch_size=batch_size, shuffle=False, collate_fn=TrainCollator(pad_token_id=0))
     capture = GradCapture()
-    trainer = L.Trainer(
-        accelerator="cpu", max_steps=1, accumulate_grad_batches=accumulate, precision="32-true",
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[capture], limit_val_batches=0,
-    )
-    trainer.fit(module, train_dataloaders=loader)
+    # on_train_end exports the adapter under default_root_dir: keep it out of the working tree.
+    with tempfile.TemporaryDirectory(prefix="sft-accumulation-") as workdir:
+        trainer = L.Trainer(
+            accelerator="cpu", max_steps=1, accumulate_grad_batches=accumulate, precision="32-true",
+            logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            callbacks=[capture], limit_val_batches=0, default_root_dir=workdir,
+        )
+        trainer.fit(module, train_dataloaders=loader)
     return capture.grads
 
 
