@@ -115,3 +115,84 @@ def holdout_split(records: Sequence[QARecord], val_size: int) -> tuple[list[QARe
             "Fix: give --data.val_file, or a val_size smaller than the training file."
         )
     return list(records[:-val_size]), list(records[-val_size:])
+
+
+# ------------------------------------------------------------------------------ questions only
+@dataclass(frozen=True)
+class Question:
+    """A question to answer (``predict``); ``answer`` is the expected value when the file has one."""
+
+    question: str
+    answer: float | None = None
+
+
+QUESTION_FORMATS = (
+    ".txt (one question per line), .json (a list of questions, [question, answer] pairs or objects "
+    "with a 'question' field) or .jsonl (one such object per line)"
+)
+
+
+def load_questions(path: str | Path) -> list[Question]:
+    """Questions to answer from a ``.txt``, ``.json`` or ``.jsonl`` file; answers are optional.
+
+    The training formats are accepted as they are (so a validation file can be predicted and
+    scored), plus plain question lists, because a user asking questions has no answers yet.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(
+            f"questions file not found: {path}. Fix: check the path (relative paths are from the current directory)."
+        )
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".txt":
+        questions = [
+            Question(line.strip())
+            for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+    elif path.suffix == ".json":
+        data = _parse_json(text, f"{path}")
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of questions, got {type(data).__name__}. Fix: use {QUESTION_FORMATS}.")
+        questions = [_question_item(item, f"{path}: record {index}") for index, item in enumerate(data)]
+    elif path.suffix == ".jsonl":
+        questions = [
+            _question_item(_parse_json(line, f"{path}: line {lineno}", one_line=True), f"{path}: line {lineno}")
+            for lineno, line in enumerate(text.splitlines(), start=1)
+            if line.strip()
+        ]
+    else:
+        raise DataError(f"{path}: unknown questions format '{path.suffix}'. Fix: use {QUESTION_FORMATS}.")
+    if not questions:
+        raise DataError(f"{path}: contains no questions. Fix: add at least one question.")
+    return questions
+
+
+def _parse_json(text: str, where: str, one_line: bool = False) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        at = f", column {exc.colno}" if one_line else f": invalid JSON at line {exc.lineno}, column {exc.colno}"
+        what = ": invalid JSON" if one_line else ""
+        raise DataError(f"{where}{at}{what}: {exc.msg}. Fix: correct the file there.") from None
+
+
+def _question_item(item: object, where: str) -> Question:
+    """A question from a string, a ``[question, answer]`` pair or a ``{"question": ...}`` object."""
+    if isinstance(item, str):
+        question, answer = item, None
+    elif isinstance(item, (list, tuple)) and len(item) == 2:
+        question, answer = item
+    elif isinstance(item, dict) and "question" in item:
+        question, answer = item["question"], item.get("answer")
+    else:
+        raise DataError(
+            f"{where}: expected a question string, a [question, answer] pair or an object with a 'question' field, "
+            f"got {_short(item)}. Fix: use {QUESTION_FORMATS}."
+        )
+    if answer is None:
+        if not isinstance(question, str) or not question.strip():
+            raise DataError(f"{where}: question must be a non-empty string, got {_short(question)}.")
+        return Question(question.strip())
+    record = make_record(question, answer, where)
+    return Question(record.question, record.answer)
