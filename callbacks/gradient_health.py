@@ -106,6 +106,7 @@ class GradientHealth(Callback):
         snapshot_device: keep rollback snapshots on this device (e.g. ``"cpu"`` to spare accelerator memory, at
             the price of a blocking device-to-host copy per snapshot); ``None`` keeps them next to the parameters.
         warn_on_setup: at fit start, warn about fp16 without a loss scaler and non-fp32 trainable parameters.
+        prog_bar: also show ``grad_health/grad_norm`` on the progress bar (the other keys go to the logger only).
 
     Skip/rollback cannot help, and abort, when: the scaler's back-off persisted (``max_consecutive_skipped`` /
     ``min_loss_scale``); ``skip`` meets weights that are already non-finite; ``rollback`` has no snapshot yet and
@@ -131,6 +132,7 @@ class GradientHealth(Callback):
         snapshot_every_n_steps: int = 1,
         snapshot_device: Optional[str] = None,
         warn_on_setup: bool = True,
+        prog_bar: bool = True,
     ) -> None:
         super().__init__()
         if on_nonfinite not in _ACTIONS:
@@ -156,6 +158,8 @@ class GradientHealth(Callback):
                 raise ValueError(f"`snapshot_device` is not a valid torch device: {snapshot_device!r}.") from err
         if not isinstance(warn_on_setup, bool):
             raise ValueError(f"`warn_on_setup` must be a bool, got {warn_on_setup!r}.")
+        if not isinstance(prog_bar, bool):
+            raise ValueError(f"`prog_bar` must be a bool, got {prog_bar!r}.")
 
         self.on_nonfinite = on_nonfinite
         self.max_consecutive_skipped = max_consecutive_skipped
@@ -168,6 +172,7 @@ class GradientHealth(Callback):
         self.snapshot_every_n_steps = snapshot_every_n_steps
         self.snapshot_device = snapshot_device
         self.warn_on_setup = warn_on_setup
+        self.prog_bar = prog_bar
 
         # counters (checkpointed)
         self._skipped_steps = 0
@@ -627,7 +632,14 @@ class GradientHealth(Callback):
         for key, value in metrics.items():
             # host values as CPU tensors: a Python float would be copied to the module's device (a blocking H2D
             # copy, i.e. a sync on CUDA), and Lightning keeps a logged metric on its value's device
-            pl_module.log(key, torch.tensor(value, dtype=torch.float32), on_step=True, on_epoch=False, sync_dist=False)
+            pl_module.log(
+                key,
+                torch.tensor(value, dtype=torch.float32),
+                on_step=True,
+                on_epoch=False,
+                sync_dist=False,
+                prog_bar=self.prog_bar and key == KEY_GRAD_NORM,
+            )
         self._reset_interval()
 
     def _reset_interval(self) -> None:

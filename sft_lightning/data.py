@@ -14,8 +14,9 @@ from transformers import PreTrainedTokenizerBase
 
 from sft_lightning.batching import EvalCollator, Example, LengthGroupedSampler, ResumableDataLoader, TrainCollator
 from sft_lightning.models import EMBEDDED, load_tokenizer
+from sft_lightning.predict import PredictCollator, PromptExample
 from sft_lightning.prompt import format_answer, format_prompt
-from sft_lightning.records import DataError, QARecord, holdout_split, load_records, make_record
+from sft_lightning.records import DataError, QARecord, Question, holdout_split, load_questions, load_records, make_record
 from sft_lightning.unitconv import generate_splits
 
 
@@ -36,6 +37,8 @@ class SFTDataModule(L.LightningDataModule):
             stays 0.000123).
         tokenizer / cache_dir: the model name whose tokenizer to use (linked from
             ``model.model`` by the CLI) and the model cache directory.
+        predict_file: questions for ``sft-lightning predict``: ``.txt`` (one per line), ``.json``
+            or ``.jsonl`` (answers optional; given answers are scored).
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class SFTDataModule(L.LightningDataModule):
         num_workers: int = 0,
         tokenizer: str = EMBEDDED,
         cache_dir: str | None = None,
+        predict_file: str | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size), ("max_length", max_length)):
@@ -63,9 +67,12 @@ class SFTDataModule(L.LightningDataModule):
         self.train_records, self.val_records = self._read_records(
             train_file, val_file, train_size, val_size, seed, families, units
         )
+        # Read now, like the training data: a bad questions file fails before any model loads.
+        self.predict_questions: list[Question] = load_questions(predict_file) if predict_file else []
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_examples: list[Example] = []
         self.val_examples: list[Example] = []
+        self.predict_examples: list[PromptExample] = []
 
     @staticmethod
     def _read_records(
@@ -94,10 +101,14 @@ class SFTDataModule(L.LightningDataModule):
         return holdout_split(train, val_size)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.tokenizer is not None:
+        if stage == "predict":
+            self._setup_predict()
+            return
+        if self.tokenizer is not None and self.train_examples:
             return
         hp = self.hparams
-        self.tokenizer = load_tokenizer(hp.tokenizer, hp.cache_dir)
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(hp.tokenizer, hp.cache_dir)
         self.train_examples = self._tokenize(self.train_records, hp.train_file or "generated training set")
         # Held-out validation records are the tail of train_file: number them as in the file.
         held_out = hp.train_file is not None and hp.val_file is None
@@ -154,6 +165,39 @@ class SFTDataModule(L.LightningDataModule):
             batch_size=self.hparams.eval_batch_size,
             sampler=SequentialSampler(ordered),
             collate_fn=EvalCollator(self.tokenizer.pad_token_id),
+            num_workers=self.hparams.num_workers,
+        )
+
+    def _setup_predict(self) -> None:
+        """Tokenise the questions file's prompts (only those: predicting needs no training data)."""
+        hp = self.hparams
+        if not self.predict_questions:
+            raise DataError("predict needs questions. Fix: pass --data.predict_file FILE (.txt, .json or .jsonl).")
+        if self.predict_examples:
+            return
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(hp.tokenizer, hp.cache_dir)
+        prompts = self.tokenizer([format_prompt(q.question) for q in self.predict_questions], add_special_tokens=False)
+        for index, (question, ids) in enumerate(zip(self.predict_questions, prompts["input_ids"])):
+            if len(ids) >= hp.max_length:
+                raise DataError(
+                    f"{hp.predict_file}: question {index} needs {len(ids)} prompt tokens, not less than "
+                    f"data.max_length={hp.max_length}. Question starts: {question.question[:60]!r}. "
+                    "Fix: shorten the question or raise --data.max_length."
+                )
+            self.predict_examples.append(PromptExample(index, tuple(ids), question.question, question.answer))
+
+    def predict_dataloader(self) -> DataLoader:
+        if not self.predict_examples:
+            self.setup("predict")
+        assert self.tokenizer is not None
+        # Length-sorted so generation batches pad little; PredictionWriter restores the file order.
+        ordered = sorted(self.predict_examples, key=lambda ex: len(ex.prompt_ids))
+        return DataLoader(
+            ordered,
+            batch_size=self.hparams.eval_batch_size,
+            sampler=SequentialSampler(ordered),
+            collate_fn=PredictCollator(self.tokenizer.pad_token_id),
             num_workers=self.hparams.num_workers,
         )
 

@@ -27,6 +27,8 @@ from sft_lightning.generation import greedy_generate
 from sft_lightning.loss import supervised_loss_sum
 from sft_lightning.metrics import AnswerAccuracy, AnswerRate, parse_answers
 from sft_lightning.models import EMBEDDED, ModelLoadError, load_model, load_tokenizer
+from sft_lightning.predict import Prediction, make_predictions
+from sft_lightning.throughput import TokenThroughput
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -92,6 +94,7 @@ class SFTModule(L.LightningModule):
         self._reference_tokens: Tensor | None = None
         self._window_tokens: Tensor = torch.zeros((), dtype=torch.long)
         self._window_complete = False
+        self._throughput = TokenThroughput()
 
     # ----------------------------------------------------------------------------- model
     def configure_model(self) -> None:
@@ -167,6 +170,22 @@ class SFTModule(L.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             self.log("lr", scheduler.get_last_lr()[0], prog_bar=True)
+        if isinstance(batch, dict) and "attention_mask" in batch:
+            # a device-side sum, never read on the host here: no sync added to the step
+            self._throughput.batch_start(batch["attention_mask"].sum())
+
+    # ------------------------------------------------------------------------ throughput
+    def on_train_start(self) -> None:
+        # Averaged over one logging interval, so each logged value covers the steps since the last.
+        self._throughput.resize(max(1, self.trainer.log_every_n_steps * self.trainer.accumulate_grad_batches))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        tokens_per_s = self._throughput.batch_end()
+        if tokens_per_s is not None:
+            self.log("train/tokens_per_s", tokens_per_s.float(), prog_bar=True, on_step=True, on_epoch=False)
+
+    def on_validation_start(self) -> None:
+        self._throughput.reset()  # validation time between two training batches is not training time
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
@@ -217,6 +236,14 @@ class SFTModule(L.LightningModule):
             with open(Path(log_dir) / "val_samples.jsonl", "a", encoding="utf-8") as f:
                 for s in samples:
                     f.write(json.dumps({"step": self.global_step, **s}) + "\n")
+
+    # --------------------------------------------------------------------------- predict
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:
+        """Answers for a batch of questions (``sft-lightning predict``), parsed like validation."""
+        texts = self.generate_texts(batch["prompt_ids"], batch["prompt_mask"])
+        return make_predictions(
+            batch["indices"], batch["questions"], texts, batch["expected"], self.hparams.relative_tolerance
+        )
 
     def generate_texts(self, prompt_ids: Tensor, prompt_mask: Tensor) -> list[str]:
         """Greedy completions (special tokens stripped) for left-padded prompts."""

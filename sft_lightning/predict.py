@@ -1,0 +1,179 @@
+"""``sft-lightning predict``: answer a file of questions and keep the answers.
+
+Prompts go through the same ``format_prompt`` and ``greedy_generate`` as validation, so a
+prediction is exactly what validation would have scored. The writer callback collects the rows
+of every batch, puts them back in file order (batches are length-sorted to pad little), writes
+``predictions.jsonl`` into the run directory atomically and prints a short table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch import Tensor
+
+from sft_lightning.metrics import AnswerAccuracy, parse_answer
+
+PREDICTIONS_FILE = "predictions.jsonl"
+TABLE_ROWS = 20  # rows printed; the file holds all of them
+
+
+@dataclass(frozen=True)
+class PromptExample:
+    """One tokenised question to answer, with its position in the user's file."""
+
+    index: int
+    prompt_ids: tuple[int, ...]
+    question: str
+    expected: float | None
+
+
+@dataclass  # not frozen: Lightning's apply_to_collection rebuilds predict_step outputs
+class Prediction:
+    """One answered question: a row of ``predictions.jsonl``."""
+
+    index: int
+    question: str
+    output: str
+    parsed: float | None
+    expected: float | None = None
+    correct: bool | None = None
+
+
+class PredictCollator:
+    """Left-padded prompts (generation continues at the last column) plus what the rows need."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: Sequence[PromptExample]) -> dict[str, Any]:
+        prompt_ids, prompt_mask = left_pad([ex.prompt_ids for ex in examples], self.pad_token_id)
+        return {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "indices": [ex.index for ex in examples],
+            "questions": [ex.question for ex in examples],
+            "expected": [ex.expected for ex in examples],
+        }
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[Tensor, Tensor]:
+    """``(ids, mask)`` with every row right-aligned, as ``greedy_generate`` requires."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+def answer_is_correct(parsed: float | None, expected: float, relative_tolerance: float) -> bool:
+    """The validation rule (``AnswerAccuracy``) for one answer, so both always agree."""
+    metric = AnswerAccuracy(relative_tolerance=relative_tolerance)
+    metric.update(torch.tensor([math.nan if parsed is None else parsed]), torch.tensor([expected]))
+    return bool(metric.compute() == 1.0)
+
+
+def make_predictions(
+    indices: Sequence[int],
+    questions: Sequence[str],
+    outputs: Sequence[str],
+    expected: Sequence[float | None],
+    relative_tolerance: float,
+) -> list[Prediction]:
+    """Rows for one batch: parse every output; score it when the file gave an answer."""
+    rows = []
+    for index, question, text, target in zip(indices, questions, outputs, expected):
+        parsed = parse_answer(text)
+        correct = None if target is None else answer_is_correct(parsed, target, relative_tolerance)
+        rows.append(Prediction(index, question, text, parsed, target, correct))
+    return rows
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes every prediction to ``<run dir>/predictions.jsonl`` and prints a table.
+
+    Under DDP each rank writes ``predictions.rank<N>.jsonl`` for its share of the questions.
+    """
+
+    def __init__(self, output_dir: str | None = None, stream: TextIO | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+        self.stream = stream
+        self.rows: list[Prediction] = []
+        self.path: Path | None = None
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rows = []
+        # resolved here on every rank: trainer.log_dir broadcasts
+        self._dir = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        self.rows.extend(prediction)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rows.sort(key=lambda row: row.index)
+        name = PREDICTIONS_FILE if trainer.world_size == 1 else f"predictions.rank{trainer.global_rank}.jsonl"
+        self.path = write_jsonl_atomic(self._dir / name, [asdict(row) for row in self.rows])
+        if trainer.is_global_zero:
+            print_predictions(self.rows, self.path, self.stream or sys.stdout)
+
+
+def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """One JSON object per line, written to a temporary sibling and renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def print_predictions(rows: Sequence[Prediction], path: Path, stream: TextIO) -> None:
+    """The first rows as a table, then counts (and accuracy when the file had answers)."""
+    lines = [f"==== sft-lightning predict: {len(rows)} questions ====", f"{'#':>4}  {'answer':>12}  question -> output"]
+    for row in rows[:TABLE_ROWS]:
+        answer = "-" if row.parsed is None else f"{row.parsed:.10g}"
+        mark = "" if row.correct is None else ("  ok" if row.correct else f"  (expected {row.expected:.6g})")
+        lines.append(f"{row.index:>4}  {answer:>12}  {_clip(row.question, 50)} -> {row.output!r}{mark}")
+    if len(rows) > TABLE_ROWS:
+        lines.append(f"      ... {len(rows) - TABLE_ROWS} more in the file")
+    answered = sum(row.parsed is not None for row in rows)
+    lines.append(f"{'answered':<16} {answered}/{len(rows)}")
+    scored = [row for row in rows if row.correct is not None]
+    if scored:
+        correct = sum(bool(row.correct) for row in scored)
+        lines.append(f"{'accuracy':<16} {correct / len(scored):.4f} ({correct}/{len(scored)} with an expected answer)")
+    lines.append(f"{'predictions':<16} {path}")
+    print("\n".join(lines), file=stream, flush=True)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
