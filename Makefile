@@ -11,7 +11,7 @@ PIP := $(PY) -m pip
 CLI := $(VENV)/bin/sft-lightning
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test train baseline test test-fast bench clean
+.PHONY: setup setup-test train baseline report test test-fast bench clean
 
 setup: $(VENV)/.installed
 setup-test: $(VENV)/.installed-test
@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet -e ".[test,tensorboard]"
 	touch $@
 
 ## Fine-tune the embedded SmolLM2-135M-Instruct and report validation accuracy/answer rate.
@@ -37,6 +37,12 @@ train: setup
 ## The untuned model on the same validation set (the "before" row of the README table).
 baseline: setup
 	$(CLI) validate --config configs/embedded.yaml
+
+## Plot a run and print its summary: make report RUN=runs/embedded/version_0 [OUT=docs/report.png]
+RUN ?= $(shell ls -dt runs/embedded/version_* 2>/dev/null | head -n 1)
+report: setup
+	@test -n "$(RUN)" || { echo "error: no run to report on. Fix: make train first, or make report RUN=runs/<name>/version_N"; exit 2; }
+	$(CLI) report $(RUN) $(if $(OUT),--output $(OUT))
 
 ## The whole suite, slow tests included (what CI runs).
 test: setup-test

@@ -1,4 +1,9 @@
-"""``sft-lightning``: LightningCLI over SFTModule + SFTDataModule.
+"""``sft-lightning``: LightningCLI over SFTModule + SFTDataModule, plus ``ask`` and ``report``.
+
+``fit``/``validate``/``test``/``predict`` are LightningCLI's subcommands (``predict`` writes
+``predictions.jsonl`` into the run directory). ``ask`` (answer a question from a trained
+adapter or checkpoint) and ``report`` (plot a run) are plain argparse commands dispatched
+before LightningCLI: they need no Trainer and no config file.
 
 Expected failures (bad data, a model that cannot be loaded, non-finite training) end in one
 ``error: ...`` line and exit code 2, not a traceback: the message already says what to do.
@@ -25,9 +30,18 @@ from sft_lightning.data import SFTDataModule
 from sft_lightning.interrupts import SigintAsSigterm
 from sft_lightning.models import ModelLoadError
 from sft_lightning.module import SFTModule
+from sft_lightning.predict import PredictionWriter
 from sft_lightning.records import DataError
+from sft_lightning.run_files import RunDirError
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (DataError, ModelLoadError)
+PLAIN_COMMANDS = ("ask", "report")  # argparse commands, dispatched before LightningCLI
+
+
+class LoggerUnavailableError(RuntimeError):
+    """The configured logger needs a package that is not installed."""
+
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (DataError, ModelLoadError, RunDirError, LoggerUnavailableError)
 try:  # the callback package is optional for the CLI to start, required for its error type
     from callbacks import NonFiniteTrainingError
 
@@ -37,11 +51,28 @@ except ImportError:  # pragma: no cover
 
 
 class SFTLightningCLI(LightningCLI):
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as exc:
+            # TensorBoardLogger without tensorboard: Lightning's ModuleNotFoundError arrives wrapped
+            # in jsonargparse's ValueErrors, whose text is a page about Union subtypes.
+            if not any(isinstance(e, ModuleNotFoundError) and "tensorboard" in str(e).lower() for e in _causes(exc)):
+                raise
+            raise LoggerUnavailableError(
+                "trainer.logger TensorBoardLogger needs the tensorboard package, which is not installed. "
+                "Fix: pip install 'sft-lightning[tensorboard]' (or pip install tensorboard), "
+                "or keep the default CSV logger."
+            ) from None
+
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         # Every run writes checkpoints atomically, unless the user configured their own CheckpointIO.
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        # predict keeps its answers: predictions.jsonl in the run directory, plus a table.
+        if self.subcommand == "predict" and not any(isinstance(cb, PredictionWriter) for cb in trainer.callbacks):
+            trainer.callbacks.append(PredictionWriter())
         return trainer
 
     def fit(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None, **kwargs: Any) -> None:
@@ -99,15 +130,42 @@ class SFTLightningCLI(LightningCLI):
         print("\n".join(lines), flush=True)
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> SFTLightningCLI:
+    """The LightningCLI of ``fit``/``validate``/``test``/``predict`` (``run=False``: parse and build only)."""
+    return SFTLightningCLI(
+        SFTModule,
+        SFTDataModule,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        parser_kwargs={"epilog": "Also: sft-lightning ask --help, sft-lightning report --help"},
+        args=args,
+        run=run,
+    )
+
+
 def main(args: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if args is None else args)
     try:
-        SFTLightningCLI(
-            SFTModule,
-            SFTDataModule,
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-            args=args,
-        )
+        if argv and argv[0] == "ask":
+            from sft_lightning import ask
+
+            ask.main(argv[1:])
+        elif argv and argv[0] == "report":
+            from sft_lightning import report  # imports matplotlib: only when asked for
+
+            report.main(argv[1:])
+        else:
+            build_cli(args)
     except EXPECTED_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

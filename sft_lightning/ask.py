@@ -1,0 +1,61 @@
+"""``sft-lightning ask "How many feet are in 3 m?" --adapter runs/<name>/version_N/adapter``
+
+Answers one question (or a few) from a trained adapter, a checkpoint or a run directory, and
+prints the parsed number next to the raw generated text, so a wrong answer shows whether the
+model got the format or the arithmetic wrong. Plain argparse: no Trainer, no config files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+import torch
+
+from sft_lightning.answering import answer_questions, find_trained, load_trained, run_precision
+from sft_lightning.predict import Prediction
+from sft_lightning.records import DataError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sft-lightning ask",
+        description="Answer questions with a fine-tuned model; prints the parsed number and the raw output.",
+    )
+    parser.add_argument("questions", nargs="+", metavar="QUESTION", help='e.g. "How many feet are in 3 m?"')
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--adapter", help="exported adapter directory (runs/<name>/version_N/adapter)")
+    source.add_argument("--checkpoint", help="Lightning checkpoint (runs/<name>/version_N/checkpoints/last.ckpt)")
+    source.add_argument("--run", help="run directory (runs/<name>/version_N): its adapter, else its last checkpoint")
+    parser.add_argument("--model", help="base model, if it cannot be read from the run (embedded, tiny-random, a path)")
+    parser.add_argument("--cache-dir", help="model cache directory (default ~/.cache/sft-lightning)")
+    parser.add_argument("--max-new-tokens", type=int, help="generation budget (default: the run's model.max_new_tokens)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: %(default)s")
+    return parser
+
+
+def main(argv: Sequence[str], stream: TextIO | None = None) -> None:
+    """Parse, load, answer, print. Expected failures raise ModelLoadError/DataError for cli.main."""
+    args = build_parser().parse_args(list(argv))
+    questions = [q.strip() for q in args.questions]
+    if not all(questions):
+        raise DataError("ask got an empty question. Fix: pass the question in quotes, e.g. \"How many feet are in 3 m?\".")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise DataError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}.")
+    kind, path = next((k, p) for k, p in (("adapter", args.adapter), ("checkpoint", args.checkpoint), ("run", args.run)) if p)
+    source = find_trained(path, kind)
+    print(f"[sft-lightning] answering with the {source.kind} {source.path}", file=sys.stderr, flush=True)
+    module = load_trained(source, args.model, args.cache_dir, args.max_new_tokens, args.device)
+    rows = answer_questions(module, questions, precision=run_precision(source))
+    print_answers(rows, stream or sys.stdout)
+
+
+def print_answers(rows: Sequence[Prediction], stream: TextIO) -> None:
+    """Question, parsed answer and raw output; blocks separated by a blank line."""
+    blocks = []
+    for row in rows:
+        answer = f"{row.parsed:.10g}" if row.parsed is not None else "none (no <answer>NUMBER</answer> in the output)"
+        blocks.append(f"{'question':<9} {row.question}\n{'answer':<9} {answer}\n{'raw':<9} {row.output!r}")
+    print("\n\n".join(blocks), file=stream, flush=True)

@@ -1,0 +1,252 @@
+"""`sft-lightning predict` and `sft-lightning ask` on a real trained run, as a user types them.
+
+One module-scoped run of the tiny offline model memorises TRAINED_QUESTION (see _cli_runs), so
+the parsed number is checked exactly; for the other questions the printed number must be
+``parse_answer`` of the printed raw text, and every route to the same weights (checkpoint,
+adapter, run directory; predict and ask) must produce the same text.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from _cli_runs import (
+    REPO,
+    SMOKE,
+    TRAINED_ANSWER,
+    TRAINED_QUESTION,
+    assert_clean_error,
+    memorised_run,
+    run_cli,
+    run_main,
+)
+from sft_lightning.metrics import parse_answer
+from sft_lightning.records import load_questions
+
+QUESTIONS_FILE = REPO / "docs" / "questions.txt"  # the README's example file
+QUESTIONS = [q.question for q in load_questions(QUESTIONS_FILE)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return memorised_run(tmp_path_factory.mktemp("trained"))
+
+
+def cwd_of(run_dir: Path) -> Path:
+    return run_dir.parents[2]  # <cwd>/runs/smoke/version_0
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def parse_ask_output(stdout: str) -> list[dict[str, str]]:
+    """The `question / answer / raw` blocks `ask` prints, as dicts."""
+    blocks = []
+    for block in stdout.strip().split("\n\n"):
+        fields = dict(line.split(None, 1) for line in block.splitlines())
+        blocks.append(fields)
+    return blocks
+
+
+def predict(cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    result = run_cli("predict", "--config", SMOKE, "--model.max_new_tokens", "24", *args, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(l for l in result.stdout.splitlines() if l.startswith("predictions "))
+    return result, read_jsonl(cwd / line.split(None, 1)[1])
+
+
+# ------------------------------------------------------------------------------------ predict
+
+
+def test_predict_from_checkpoint_answers_every_question_in_file_order(trained: Path) -> None:
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    result, rows = predict(cwd_of(trained), "--ckpt_path", str(ckpt), "--data.predict_file", str(QUESTIONS_FILE))
+    assert len(QUESTIONS) == 5
+    assert [r["index"] for r in rows] == list(range(5)) and [r["question"] for r in rows] == QUESTIONS
+    assert rows[0]["parsed"] == TRAINED_ANSWER and rows[0]["output"] == "<answer>6000</answer>"
+    for row in rows:  # the file holds exactly what parse_answer makes of the output
+        assert row["parsed"] == parse_answer(row["output"])
+        assert row["expected"] is None and row["correct"] is None
+    # The table: a header with the count, the parsed number, the answered count and the file.
+    out = result.stdout
+    assert "==== sft-lightning predict: 5 questions ====" in out
+    assert f"   0  {'6000':>12}  {TRAINED_QUESTION} -> '<answer>6000</answer>'" in out
+    answered = sum(r["parsed"] is not None for r in rows)
+    assert f"answered         {answered}/5" in out
+    # predict gets its own run directory, with the resolved config next to the predictions.
+    run_dir = cwd_of(trained) / "runs" / "smoke" / "version_1"
+    assert (run_dir / "predictions.jsonl").is_file() and (run_dir / "config.yaml").is_file()
+
+
+def test_predict_from_adapter_matches_checkpoint_and_scores_given_answers(trained: Path, tmp_path: Path) -> None:
+    """A .jsonl with answers is scored with the validation rule; adapter and checkpoint agree."""
+    questions = tmp_path / "scored.jsonl"
+    questions.write_text(
+        json.dumps({"question": TRAINED_QUESTION, "answer": 6000})
+        + "\n"
+        + json.dumps({"question": TRAINED_QUESTION, "answer": 6400})  # 6.7% off: wrong at 5% tolerance
+        + "\n"
+        + json.dumps({"question": "How many feet are in 3 m?"})  # no answer: not scored
+        + "\n"
+    )
+    cwd = cwd_of(trained)
+    via_adapter, rows = predict(cwd, "--model.adapter", str(trained / "adapter"), "--data.predict_file", str(questions))
+    _, via_ckpt = predict(cwd, "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--data.predict_file", str(questions))
+    assert [r["output"] for r in rows] == [r["output"] for r in via_ckpt]
+    assert [(r["expected"], r["correct"]) for r in rows] == [(6000.0, True), (6400.0, False), (None, None)]
+    assert "accuracy         0.5000 (1/2 with an expected answer)" in via_adapter.stdout
+    assert "(expected 6400)" in via_adapter.stdout
+
+
+def test_predict_without_questions_file_is_a_clean_error(trained: Path) -> None:
+    result = run_cli("predict", "--config", SMOKE, "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), cwd=cwd_of(trained))
+    assert_clean_error(result, "predict needs questions", "--data.predict_file")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fragments"),
+    [
+        ("missing.txt", None, ["questions file not found", "Fix: check the path"]),
+        ("questions.csv", "q\n", ["unknown questions format '.csv'", ".txt (one question per line)"]),
+        ("empty.txt", "# only a comment\n\n", ["contains no questions"]),
+        ("bad.json", '["How many m in 1 km?",\n', ["invalid JSON at line 2"]),
+        ("bad.jsonl", '{"q": "How many m in 1 km?"}\n', ["line 1: expected a question string", "'question' field"]),
+    ],
+)
+def test_bad_questions_file_fails_before_the_model_loads(tmp_path: Path, name: str, content: str | None, fragments: list[str]) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    result = run_cli("predict", "--config", SMOKE, "--data.predict_file", str(path), cwd=tmp_path)
+    assert_clean_error(result, str(path), *fragments)
+    assert not (tmp_path / "runs").exists()  # failed in the data module's __init__: no run directory
+
+
+# ---------------------------------------------------------------------------------------- ask
+
+
+def test_ask_from_adapter_prints_parsed_number_and_raw_text(trained: Path) -> None:
+    result = run_cli("ask", TRAINED_QUESTION, "--adapter", str(trained / "adapter"), cwd=cwd_of(trained))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == f"question  {TRAINED_QUESTION}\nanswer    6000\nraw       '<answer>6000</answer>'\n"
+
+
+def test_ask_checkpoint_adapter_and_run_dir_agree_with_predict(trained: Path) -> None:
+    """Every way of naming the trained weights gives predict's exact outputs, parsed the same way."""
+    cwd = cwd_of(trained)
+    _, rows = predict(cwd, "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"), "--data.predict_file", str(QUESTIONS_FILE))
+    expected_raw = [repr(r["output"]) for r in rows]
+    for flag, path in (
+        ("--checkpoint", trained / "checkpoints" / "last.ckpt"),
+        ("--adapter", trained / "adapter"),
+        ("--run", trained),
+    ):
+        result = run_cli("ask", *QUESTIONS, flag, str(path), cwd=cwd)
+        assert result.returncode == 0, result.stderr[-3000:]
+        blocks = parse_ask_output(result.stdout)
+        assert [b["question"] for b in blocks] == QUESTIONS
+        assert [b["raw"] for b in blocks] == expected_raw, flag
+        for block, row in zip(blocks, rows):
+            shown = block["answer"]
+            if row["parsed"] is None:
+                assert shown.startswith("none (no <answer>NUMBER</answer>")
+            else:
+                assert float(shown) == row["parsed"]
+        assert blocks[0]["answer"] == "6000"
+
+
+def test_ask_run_dir_falls_back_to_last_checkpoint(trained: Path, tmp_path: Path) -> None:
+    """A run stopped before the export has no adapter/ yet: ask uses checkpoints/last.ckpt."""
+    run = tmp_path / "interrupted"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes((trained / "checkpoints" / "last.ckpt").read_bytes())
+    (run / "config.yaml").write_text((trained / "config.yaml").read_text())
+    result = run_cli("ask", TRAINED_QUESTION, "--run", str(run), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "answer    6000\n" in result.stdout
+    assert f"answering with the checkpoint {run / 'checkpoints' / 'last.ckpt'}" in result.stderr
+
+
+def test_ask_bare_adapter_needs_model_name(trained: Path, tmp_path: Path) -> None:
+    """An adapter copied out of its run has no config beside it; --model names the base."""
+    adapter = tmp_path / "my_adapter"
+    shutil.copytree(trained / "adapter", adapter)
+    result = run_cli("ask", TRAINED_QUESTION, "--adapter", str(adapter), cwd=tmp_path)
+    assert_clean_error(result, f"cannot tell which base model {adapter}", "Fix: pass --model NAME")
+    result = run_cli("ask", TRAINED_QUESTION, "--adapter", str(adapter), "--model", "tiny-random", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "answer    6000\n" in result.stdout
+
+
+def test_ask_errors_are_one_clean_line(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bogus_ckpt = tmp_path / "bogus.ckpt"
+    bogus_ckpt.write_text("not a checkpoint")
+    empty_run = tmp_path / "empty_run"
+    empty_run.mkdir()
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("hello")
+    cases = [
+        (["--adapter", str(tmp_path / "nope")], [f"{tmp_path / 'nope'} does not exist", "Fix: pass an adapter directory"]),
+        (["--adapter", str(trained)], [f"adapter directory {trained} has no adapter_config.json", "use --run"]),
+        (["--checkpoint", str(bogus_ckpt)], [f"could not read checkpoint {bogus_ckpt}", "checkpoints/last.ckpt"]),
+        (["--checkpoint", str(text_file)], ["is a file but not a .ckpt checkpoint"]),
+        (["--run", str(empty_run)], [f"{empty_run} holds neither an exported adapter", "checkpoints/last.ckpt"]),
+    ]
+    for args, fragments in cases:
+        assert_clean_error(run_main(["ask", TRAINED_QUESTION, *args], capsys), *fragments)
+    assert_clean_error(run_main(["ask", "  ", "--run", str(trained)], capsys), "ask got an empty question")
+    assert_clean_error(
+        run_main(["ask", "q", "--run", str(trained), "--max-new-tokens", "0"], capsys), "--max-new-tokens must be >= 1"
+    )
+
+
+def test_ask_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_main(["ask", TRAINED_QUESTION], capsys)  # no weights named
+    assert result.returncode == 2 and "one of the arguments --adapter --checkpoint --run is required" in result.stderr
+    result = run_main(["ask", "--adapter", "x"], capsys)  # no question
+    assert result.returncode == 2 and "the following arguments are required: QUESTION" in result.stderr
+
+
+# -------------------------------------------------------------------------- the embedded model
+
+
+@pytest.mark.slow
+def test_readme_walkthrough_on_the_embedded_model(tmp_path: Path) -> None:
+    """The README's commands on SmolLM2-135M, offline: a short fit, then ask, predict, report."""
+    embedded = str(REPO / "configs" / "embedded.yaml")
+    fit = run_cli(
+        "fit", "--config", embedded,
+        "--trainer.max_steps", "30", "--trainer.log_every_n_steps", "5",
+        "--data.train_size", "240", "--data.val_size", "20", "--data.batch_size", "8",
+        cwd=tmp_path, timeout=900,
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "embedded" / "version_0"
+    for name in ("config.yaml", "metrics.csv", "adapter/adapter_config.json"):
+        assert (run_dir / name).is_file(), name
+
+    ask = run_cli("ask", "How many feet are in 3 m?", "--adapter", str(run_dir / "adapter"), cwd=tmp_path, timeout=600)
+    assert ask.returncode == 0, ask.stderr[-3000:]
+    block = parse_ask_output(ask.stdout)[0]
+    raw = eval(block["raw"])  # the repr ask printed
+    assert "<answer>" in raw and parse_answer(raw) is not None, raw
+    assert float(block["answer"]) == parse_answer(raw)
+
+    predict_run = run_cli(
+        "predict", "--config", embedded, "--model.adapter", str(run_dir / "adapter"),
+        "--data.predict_file", str(QUESTIONS_FILE), cwd=tmp_path, timeout=900,
+    )
+    assert predict_run.returncode == 0, predict_run.stderr[-3000:]
+    rows = read_jsonl(tmp_path / "runs" / "embedded" / "version_1" / "predictions.jsonl")
+    assert [r["question"] for r in rows] == QUESTIONS
+    assert sum(r["parsed"] is not None for r in rows) >= 4
+
+    report = run_cli("report", str(run_dir), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (run_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
