@@ -39,7 +39,7 @@ baseline: setup
 	$(CLI) validate --config configs/embedded.yaml
 
 ## Plot a run and print its summary: make report RUN=runs/embedded/version_0 [OUT=docs/report.png]
-RUN ?= $(shell ls -dt runs/embedded/version_* 2>/dev/null | head -n 1)
+RUN ?= $(shell ls -dt runs/embedded/version_*/metrics.csv 2>/dev/null | head -n 1 | xargs -r dirname)
 report: setup
 	@test -n "$(RUN)" || { echo "error: no run to report on. Fix: make train first, or make report RUN=runs/<name>/version_N"; exit 2; }
 	$(CLI) report $(RUN) $(if $(OUT),--output $(OUT))

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from _cli_runs import (
     REPO,
@@ -191,10 +192,13 @@ def test_ask_errors_are_one_clean_line(trained: Path, tmp_path: Path, capsys: py
     empty_run.mkdir()
     text_file = tmp_path / "notes.txt"
     text_file.write_text("hello")
+    foreign_ckpt = tmp_path / "foreign.ckpt"
+    torch.save({"weights": torch.zeros(2)}, foreign_ckpt)
     cases = [
         (["--adapter", str(tmp_path / "nope")], [f"{tmp_path / 'nope'} does not exist", "Fix: pass an adapter directory"]),
         (["--adapter", str(trained)], [f"adapter directory {trained} has no adapter_config.json", "use --run"]),
         (["--checkpoint", str(bogus_ckpt)], [f"could not read checkpoint {bogus_ckpt}", "checkpoints/last.ckpt"]),
+        (["--checkpoint", str(foreign_ckpt)], [f"{foreign_ckpt} is not an sft-lightning checkpoint"]),
         (["--checkpoint", str(text_file)], ["is a file but not a .ckpt checkpoint"]),
         (["--run", str(empty_run)], [f"{empty_run} holds neither an exported adapter", "checkpoints/last.ckpt"]),
     ]
