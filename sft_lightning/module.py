@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
+from sft_lightning.compile import compile_decoder_layers, eager
 from sft_lightning.export import export_adapter
 from sft_lightning.generation import greedy_generate
 from sft_lightning.loss import supervised_loss_sum
@@ -43,6 +44,12 @@ class SFTModule(L.LightningModule):
         adapter: an exported peft adapter directory to start from (for ``validate``/further training).
         base_dtype: dtype of the frozen base weights. fp32 is the safe default; the LoRA
             parameters are kept fp32 whatever this is.
+        attn_implementation: the model's attention kernel (None: transformers' default, SDPA).
+            ``eager`` trains ~15% faster on CPU with short sequences, where SDPA's CPU
+            flash-attention backward is the single most expensive op.
+        compile: ``torch.compile`` the decoder layers for training (see ``sft_lightning.compile``);
+            ~1.5x faster steps on CPU after a one-off ~40 s compilation. Falls back to eager
+            with a warning where no compiler is available.
         lora_r / lora_alpha / lora_dropout / target_modules: the LoRA adapter.
         learning_rate / weight_decay: AdamW.
         warmup_ratio / min_lr_ratio: linear warmup over this share of steps, then cosine decay
@@ -59,6 +66,8 @@ class SFTModule(L.LightningModule):
         cache_dir: str | None = None,
         adapter: str | None = None,
         base_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        attn_implementation: Literal["eager", "sdpa"] | None = None,
+        compile: bool = False,
         lora_r: int = 16,
         lora_alpha: int = 32,
         lora_dropout: float = 0.05,
@@ -110,6 +119,8 @@ class SFTModule(L.LightningModule):
         self.tokenizer = load_tokenizer(hp.model, hp.cache_dir)
         base = load_model(hp.model, hp.cache_dir, dtype=_DTYPES[hp.base_dtype])
         base.config.use_cache = False  # training never uses it; generation passes a cache explicitly
+        if hp.attn_implementation is not None:
+            base.set_attn_implementation(hp.attn_implementation)
         if hp.adapter is not None:
             self.model = PeftModel.from_pretrained(base, hp.adapter, is_trainable=True)
         else:
@@ -125,6 +136,8 @@ class SFTModule(L.LightningModule):
         for param in self.model.parameters():
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
+        if hp.compile:
+            compile_decoder_layers(base)
         # from_pretrained returns eval mode and Lightning does not switch it back, which would
         # silently disable LoRA dropout; Lightning's loops toggle eval/train from here on.
         self.model.train()
@@ -203,6 +216,7 @@ class SFTModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
 
     # ------------------------------------------------------------------------ validation
+    @eager()
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss_sum, n_tokens = supervised_loss_sum(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         self.val_loss.update(loss_sum / n_tokens, weight=n_tokens)
@@ -248,9 +262,10 @@ class SFTModule(L.LightningModule):
     def generate_texts(self, prompt_ids: Tensor, prompt_mask: Tensor) -> list[str]:
         """Greedy completions (special tokens stripped) for left-padded prompts."""
         assert self.tokenizer is not None
-        new_ids = greedy_generate(
-            self.model, prompt_ids, prompt_mask, self.hparams.max_new_tokens, self.tokenizer.eos_token_id
-        )
+        with eager():
+            new_ids = greedy_generate(
+                self.model, prompt_ids, prompt_mask, self.hparams.max_new_tokens, self.tokenizer.eos_token_id
+            )
         return self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
 
     # ------------------------------------------------------------------ checkpoint/export

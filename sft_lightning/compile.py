@@ -1,0 +1,74 @@
+"""``torch.compile`` for training: the decoder layers, one compiled graph shared by all of them.
+
+Why per layer and not the whole model: every decoder layer runs the same code, so dynamo
+compiles it once and reuses it for the other layers (a whole-model compile would trace all of
+them), and ``nn.Module.compile`` keeps parameter names unchanged, so checkpoints and the
+exported adapter look exactly as without compilation. Shapes are dynamic (batches are padded to
+their own length), so a new sequence length does not trigger a recompile.
+
+Measured on the 2-core AMX CPU (embedded model, batch 16, bf16-mixed, LoRA r8 on all linear
+layers): 0.42 s per step compiled vs 0.62 s eager, after ~40 s of one-off compilation.
+
+Generation and validation run eagerly (see ``eager``): their graphs differ (no grad, a KV cache
+that grows every token) and would each cost another compilation for a few seconds of work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+import torch
+import torch._inductor.config
+from torch import nn
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The repeated blocks of a Hugging Face decoder (``model.model.layers`` for Llama-likes)."""
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    layers = getattr(decoder, "layers", None)
+    if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+        return layers
+    candidates = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    if not candidates:
+        raise ValueError(f"{type(model).__name__} has no nn.ModuleList of layers to compile")
+    return max(candidates, key=len)
+
+
+def compiler_works() -> str | None:
+    """None if torch.compile can build a kernel here, else the reason (e.g. no C++ compiler)."""
+    try:
+        probe = torch.compile(lambda x: torch.nn.functional.silu(x) * 2.0, dynamic=False)
+        probe(torch.ones(4))
+    except Exception as exc:  # inductor raises many types (missing compiler, unsupported platform...)
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
+def compile_decoder_layers(model: nn.Module) -> int:
+    """Compile every decoder layer in place; returns how many. Falls back to eager with a warning."""
+    reason = compiler_works()
+    if reason is not None:
+        warnings.warn(
+            f"model.compile=true but torch.compile does not work on this machine ({reason}); training eagerly, "
+            "about 1.5x slower. Fix: install a C++ compiler (e.g. apt install g++) or set model.compile=false.",
+            stacklevel=2,
+        )
+        return 0
+    # Inductor's on-disk caches served kernels that ran 8x slower than freshly compiled ones here
+    # (0.43 -> 3.5 s per step; artefacts written by another process on the same machine). A fresh
+    # compile costs ~30 s once, a bad cache hit costs minutes per epoch, so compile fresh.
+    torch._inductor.config.force_disable_caches = True
+    layers = decoder_layers(model)
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
+@contextlib.contextmanager
+def eager() -> Iterator[None]:
+    """Run compiled modules eagerly inside this block (no compilation, no recompiles)."""
+    with torch.compiler.set_stance("force_eager"):
+        yield
