@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -41,18 +40,27 @@ import torch  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
+from benchmarks.common import embedded_settings, machine_description  # noqa: E402
 from callbacks import GradientHealth  # noqa: E402
 from sft_lightning.data import SFTDataModule  # noqa: E402
 from sft_lightning.module import DEFAULT_TARGET_MODULES, SFTModule  # noqa: E402
 
 WITH, WITHOUT = "with_callback", "without_callback"
-# configs/embedded.yaml
-LORA = dict(lora_r=8, lora_alpha=16, lora_dropout=0.0, target_modules=list(DEFAULT_TARGET_MODULES))
-LEARNING_RATE = 0.002
-WARMUP_RATIO = 0.03
-GRADIENT_CLIP_VAL = 1.0
-LOG_EVERY_N_STEPS = 10
-SEED = 1234
+# the settings of configs/embedded.yaml (read, not copied, so they cannot drift apart)
+_SETTINGS = embedded_settings()
+_MODEL = _SETTINGS["model"]
+LORA = dict(
+    lora_r=_MODEL["lora_r"],
+    lora_alpha=_MODEL["lora_alpha"],
+    lora_dropout=_MODEL["lora_dropout"],
+    target_modules=list(_MODEL.get("target_modules") or DEFAULT_TARGET_MODULES),
+)
+BASE_DTYPE = _MODEL.get("base_dtype", "float32")
+LEARNING_RATE = _MODEL["learning_rate"]
+WARMUP_RATIO = _MODEL["warmup_ratio"]
+GRADIENT_CLIP_VAL = _SETTINGS["trainer"]["gradient_clip_val"]
+LOG_EVERY_N_STEPS = _SETTINGS["trainer"].get("log_every_n_steps", 50)
+SEED = _SETTINGS["seed"]
 TARGET_OVERHEAD = 0.03
 
 
@@ -88,9 +96,8 @@ class SharedModel:
     """Load the base model + tokenizer once; hand out fresh SFTModules with identically initialised LoRA."""
 
     def __init__(self, model: str, max_steps: int) -> None:
-        self.kwargs: dict[str, Any] = dict(
-            model=model, learning_rate=LEARNING_RATE, warmup_ratio=WARMUP_RATIO, num_logged_samples=0, **LORA
-        )
+        # every model.* setting of configs/embedded.yaml (base dtype, attention kernel, compile, LoRA, lr)
+        self.kwargs: dict[str, Any] = dict(_MODEL, model=model, num_logged_samples=0)
         L.seed_everything(SEED, verbose=False)
         proto = SFTModule(**self.kwargs)
         t0 = time.perf_counter()
@@ -144,37 +151,8 @@ def run_once(
 
 
 # ------------------------------------------------------------------------------------------ environment
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine(args: argparse.Namespace) -> dict[str, Any]:
-    import lightning
-    import peft
-    import transformers
-
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": affinity,
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "accelerator": "cpu",
-        "precision": args.precision,
-        "batch_size": args.batch_size,
-    }
+    return {**machine_description("cpu"), "precision": args.precision, "batch_size": args.batch_size}
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -263,6 +241,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             "pairs": args.pairs,
             "batch_size": args.batch_size,
             "precision": args.precision,
+            "base_dtype": BASE_DTYPE,
+            "attn_implementation": _MODEL.get("attn_implementation"),
+            "compile": bool(_MODEL.get("compile", False)),
             "max_length": data.hparams.max_length,
             "gradient_clip_val": GRADIENT_CLIP_VAL,
             "log_every_n_steps": LOG_EVERY_N_STEPS,

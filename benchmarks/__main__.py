@@ -1,0 +1,235 @@
+"""``make bench``: every measurement of issue 6 in one run, results in ``benchmarks/results/``.
+
+    python -m benchmarks [--steps 16] [--padded-steps 6] [--warmup 2] [--repeats 3]
+                         [--questions 1000] [--val-repeats 2] [--adapter auto] [--readme README.md]
+
+1. ``hardware.json``: the bf16 (and fp32) matmul FLOP/s ceiling of this machine;
+2. ``train_throughput.json``: non-padding tokens/s of sft-lightning vs the HF Trainer + peft recipe (padded to
+   128, dynamic padding, dynamic with a bf16 base), paired rounds; the GradientHealth overhead (an arm without
+   it); peak memory of each arm's training runs; useful model FLOP/s as a share of the ceiling;
+3. ``validation_speed.json``: seconds to generate and score 1000 questions vs a plain ``model.generate`` loop;
+4. ``summary.json`` + ``summary.md``: the table (printed, and written into the README between the
+   ``bench-table`` markers with ``--readme``).
+
+The standalone, more detailed callback benchmark stays available as ``python -m benchmarks.callback_overhead``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from benchmarks import hardware, train_throughput, validation_speed
+from benchmarks.common import RESULTS_DIR, machine_description, quiet, write_json
+
+MARK_START, MARK_END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+LABELS = {
+    "sftl": "sft-lightning (`make train` settings)",
+    "sftl_nocb": "sft-lightning without GradientHealth",
+    "hf_pad128": "HF Trainer + peft, padded to 128",
+    "hf_dynamic": "HF Trainer + peft, dynamic padding",
+    "hf_dynamic_bf16": "HF Trainer + peft, dynamic padding, bf16 base",
+}
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    train_throughput.add_arguments(p)
+    validation_speed.add_arguments(p)
+    train_throughput.add_common_arguments(p)
+    p.add_argument("--matmul-size", type=int, default=4096, help="square matmul size for the FLOP/s ceiling (default 4096)")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: hardware,train,validation")
+    p.add_argument("--results", type=Path, default=RESULTS_DIR, help="directory for the JSON files (default benchmarks/results)")
+    p.add_argument("--readme", type=Path, default=None, help="write the table into this file between the bench-table markers")
+    args = p.parse_args(argv)
+    train_throughput.check_arguments(p, args)
+    if args.questions < 1 or args.val_repeats < 1:
+        p.error("--questions and --val-repeats must be >= 1")
+    args.skip = {s for s in args.skip.split(",") if s}
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    quiet()
+    wall0 = time.perf_counter()
+    machine = machine_description(args.accelerator)
+    print(f"machine: {machine['cpu_model']} ({', '.join(machine['cpu_flags'])}), {machine['cpu_count']} cores,"
+          f" torch {machine['torch']} ({machine['torch_threads']} threads), load average {machine['load_average_at_start']}", flush=True)
+    results: dict[str, Any] = {}
+    ceiling = None
+    if "hardware" not in args.skip:
+        print("[1/3] matmul ceiling", flush=True)
+        results["hardware"] = hardware.measure(args.matmul_size, 5, args.accelerator)
+        results["hardware"]["machine"] = machine
+        write_json(args.results / "hardware.json", results["hardware"])
+        ceiling = results["hardware"]["peak_flops"]
+    if "train" not in args.skip:
+        print(f"[2/3] training throughput: {len(args.arms)} arms x {args.repeats} rounds", flush=True)
+        results["train"] = train_throughput.measure(args, ceiling)
+        results["train"]["machine"] = machine
+        write_json(args.results / "train_throughput.json", results["train"])
+    if "validation" not in args.skip:
+        print(f"[3/3] validation speed: {args.questions} questions x 3 variants x {args.val_repeats} rounds", flush=True)
+        results["validation"] = validation_speed.measure(args)
+        results["validation"]["machine"] = machine
+        write_json(args.results / "validation_speed.json", results["validation"])
+    wall = time.perf_counter() - wall0
+    table = markdown_table(results, machine, wall, args)
+    summary = {"machine": machine, "wall_s": wall, "command": _command(args), "table_markdown": table, **_headline(results)}
+    write_json(args.results / "summary.json", summary)
+    (args.results / "summary.md").write_text(table + "\n")
+    print()
+    if "train" in results:
+        train_throughput.print_table(results["train"])
+    if "validation" in results:
+        validation_speed.print_table(results["validation"])
+    print()
+    print(table)
+    if args.readme:
+        print(f"README table updated: {args.readme}" if update_readme(args.readme, table) else
+              f"warning: {args.readme} has no {MARK_START} ... {MARK_END} block; table not written there")
+    print(f"wall {wall / 60:.1f} min; results in {args.results}/")
+    return 0
+
+
+def _command(args: argparse.Namespace) -> str:
+    return "python -m benchmarks " + " ".join(sys.argv[1:])
+
+
+def _headline(results: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "train" in results:
+        t = results["train"]
+        out["ratios"] = {k: {x: v[x] for x in ("min", "median", "max", "target", "meets_target")} for k, v in t["ratios"].items()}
+        out["callback_overhead"] = t["callback_overhead"]
+        out["tokens_per_s_median"] = {k: v["tokens_per_s"]["median"] for k, v in t["arms"].items()}
+        out["peak_rss_training_mb"] = {k: v["peak_rss_training_mb"] for k, v in t["arms"].items()}
+    if "validation" in results:
+        v = results["validation"]
+        out["validation_seconds_median"] = {k: s["median"] for k, s in v["seconds"].items()}
+        out["validation_meets_target"] = v["meets_target"]
+    if "hardware" in results:
+        out["peak_flops"] = results["hardware"]["peak_flops"]
+    return out
+
+
+def _pass(ok: Optional[bool]) -> str:
+    return "" if ok is None else ("**pass**" if ok else "**FAIL**")
+
+
+def markdown_table(results: dict[str, Any], machine: dict[str, Any], wall: float, args: argparse.Namespace) -> str:
+    lines = [
+        f"Measured {dt.date.today().isoformat()} on {machine['cpu_model']} ({machine['cpu_count']} cores,"
+        f" {', '.join(machine['cpu_flags']) or 'no AMX/AVX-512'}), torch {machine['torch']} with {machine['torch_threads']}"
+        f" threads, transformers {machine['transformers']}, peft {machine['peft']}, lightning {machine['lightning']};"
+        f" `{_command(args)}`, {wall / 60:.1f} min wall.",
+        "",
+    ]
+    hw = results.get("hardware")
+    if "train" in results:
+        t = results["train"]
+        c = t["config"]
+        lines += [
+            f"Training, model `{_model_name(args)}`, the data, batch size, LoRA and precision of `{_rel(args.config)}`:"
+            f" median of {c['repeats']} rounds, each arm {c['warmup_steps']} warm-up + {c['steps']} timed steps"
+            f" ({c['padded_steps']} for the padded arm); tokens = non-padding tokens.",
+            "",
+            "| arm | base | tokens/s | step | padding | peak RSS | useful FLOP/s | of bf16 peak |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, arm in t["arms"].items():
+            frac = arm["fraction_of_matmul_peak"]
+            lines.append(
+                f"| {LABELS.get(name, name)} | {arm['base_dtype'].replace('torch.', '')} | {arm['tokens_per_s']['median']:.0f}"
+                f" | {arm['step_s_median'] * 1e3:.0f} ms | {arm['padding_fraction'] * 100:.0f}% | {(arm['peak_rss_training_mb'] or 0) / 1024:.2f} GB"
+                f" | {arm['useful_flops_per_s_median'] / 1e9:.0f} G | {'' if frac is None else f'{frac * 100:.1f}%'} |"
+            )
+        lines += ["", "| paired ratio | min | median | max | target |", "|---|---:|---:|---:|---|"]
+        for key, r in t["ratios"].items():
+            other = key.split("/", 1)[1]
+            target = f">= {r['target']} {_pass(r['meets_target'])}" if r["target"] else ""
+            lines.append(f"| tokens/s, sft-lightning / {LABELS.get(other, other)} | {r['min']:.2f} | {r['median']:.2f} | {r['max']:.2f} | {target} |")
+        cb = t.get("callback_overhead")
+        if cb:
+            s = cb["step_time_ratio"]
+            lines.append(
+                f"| step time, with / without GradientHealth | {s['min']:.3f} | {s['median']:.3f} | {s['max']:.3f} |"
+                f" < 1.03 {_pass(cb['meets_target'])} |"
+            )
+    if "validation" in results:
+        v = results["validation"]
+        c = v["config"]
+        lines += [
+            "",
+            f"Validation, {c['questions']} questions, batch {c['eval_batch_size']}, max_new_tokens {c['max_new_tokens']},"
+            f" adapter: {c['adapter']}; median (min-max) of {c['repeats']} rounds.",
+            "",
+            "| variant | seconds | accuracy | answer rate |",
+            "|---|---:|---:|---:|",
+        ]
+        names = {
+            "sftl_validate": "sft-lightning `Trainer.validate` (loss + generate + score)",
+            "sftl_generate": "sft-lightning generate + score (`greedy_generate`)",
+            "hf_generate": "plain `model.generate` loop + score",
+        }
+        for name, s in v["seconds"].items():
+            run = v["rounds"][-1]["runs"][name]
+            lines.append(f"| {names[name]} | {s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f}) | {run['accuracy']:.3f} | {run['answer_rate']:.3f} |")
+        r = v["ratio_sftl_generate_over_hf"]
+        lines.append(
+            f"\nGenerate + score, sft-lightning / plain loop: {r['median']:.2f} (min {r['min']:.2f}, max {r['max']:.2f});"
+            f" target {v['target']}: {_pass(v['meets_target'])}."
+        )
+    if hw:
+        m = hw["matmuls"]
+        key = hw.get("peak_dtype", "bf16")
+        lines.append(
+            f"\nHardware ceiling: {key} {'x'.join(map(str, m[f'{key}_square']['shape'][:2]))} matmul"
+            f" {m[f'{key}_square']['flops_per_s_best'] / 1e9:.0f} GFLOP/s (fp32: {m['fp32_square']['flops_per_s_best'] / 1e9:.0f});"
+            f" a model-shaped {'x'.join(map(str, m[f'{key}_model_shaped']['shape']))} {key} matmul reaches"
+            f" {m[f'{key}_model_shaped']['flops_per_s_best'] / 1e9:.0f} GFLOP/s ({hw['model_shaped_fraction_of_peak'] * 100:.0f}% of it)."
+        )
+    lines += _busy_warning(results)
+    return "\n".join(lines)
+
+
+def _busy_warning(results: dict[str, Any]) -> list[str]:
+    busy = [*results.get("train", {}).get("busy_runs", []), *results.get("validation", {}).get("busy_runs", [])]
+    if not busy:
+        return []
+    return ["", f"**Warning: {len(busy)} runs had the cores shared with other processes (CPU utilisation < 75%):"
+            f" {', '.join(busy[:6])}{' ...' if len(busy) > 6 else ''}. Re-run on a quiet machine.**"]
+
+
+def _model_name(args: argparse.Namespace) -> str:
+    from benchmarks.common import embedded_settings
+
+    return args.model or embedded_settings(args.config)["model"].get("model", "embedded")
+
+
+def _rel(path: Path) -> str:
+    from benchmarks.common import ROOT
+
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def update_readme(path: Path, table: str) -> bool:
+    text = path.read_text()
+    pattern = re.compile(re.escape(MARK_START) + r".*?" + re.escape(MARK_END), re.S)
+    if not pattern.search(text):
+        return False
+    path.write_text(pattern.sub(lambda _: f"{MARK_START}\n{table}\n{MARK_END}", text, count=1))
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

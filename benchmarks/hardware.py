@@ -1,0 +1,94 @@
+"""The machine's measured matmul ceiling: what FLOP/s a large bf16 (and, for reference, fp32) matmul reaches.
+
+    python -m benchmarks.hardware [--size 4096] [--repeats 5]
+
+The ceiling is the best of ``--repeats`` timed ``torch.matmul`` calls of two ``size x size`` matrices (after one
+untimed call), with torch's default thread count. A second, model-shaped bf16 matmul (one training batch of
+16 x 32 tokens through SmolLM2-135M's 576 -> 1536 MLP projection) shows how much of that ceiling the small
+matrices of a 135M-parameter model can reach at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from benchmarks.common import RESULTS_DIR, machine_description, write_json
+
+
+def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype, repeats: int, device: str = "cpu", min_s: float = 0.2) -> dict[str, Any]:
+    """FLOP/s of ``(m x k) @ (k x n)``; each timed sample runs enough calls to last ``min_s``."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(m, k, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(k, n, generator=g).to(device=device, dtype=dtype)
+    out = torch.empty(m, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    torch.matmul(a, b, out=out)  # first call: kernel selection, oneDNN primitive creation
+    sync()
+    t0 = time.perf_counter()
+    torch.matmul(a, b, out=out)
+    sync()
+    calls = max(1, int(min_s / max(time.perf_counter() - t0, 1e-6)))
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            torch.matmul(a, b, out=out)
+        sync()
+        samples.append((time.perf_counter() - t0) / calls)
+    flops = 2.0 * m * k * n
+    return {
+        "shape": [m, k, n],
+        "dtype": str(dtype).replace("torch.", ""),
+        "calls_per_sample": calls,
+        "best_s": min(samples),
+        "median_s": statistics.median(samples),
+        "flops_per_s_best": flops / min(samples),
+        "flops_per_s_median": flops / statistics.median(samples),
+    }
+
+
+def measure(size: int = 4096, repeats: int = 5, device: str = "cpu", log=print) -> dict[str, Any]:
+    # CPU: bf16 (what bf16-mixed runs). CUDA: fp16 too, the ceiling of 16-mixed.
+    half = torch.float16 if device == "cuda" else torch.bfloat16
+    key = "fp16" if device == "cuda" else "bf16"
+    rows = {
+        f"{key}_square": matmul_rate(size, size, size, half, repeats, device),
+        "fp32_square": matmul_rate(size, size, size, torch.float32, max(2, repeats // 2), device),
+        f"{key}_model_shaped": matmul_rate(16 * 32, 576, 1536, half, repeats, device),
+    }
+    ceiling = rows[f"{key}_square"]["flops_per_s_best"]
+    for name, row in rows.items():
+        log(f"  {name:<18} {'x'.join(map(str, row['shape'])):<16} {row['flops_per_s_best'] / 1e9:8.1f} GFLOP/s (best), {row['flops_per_s_median'] / 1e9:8.1f} median")
+    return {
+        "benchmark": "matmul FLOP/s ceiling",
+        "torch_threads": torch.get_num_threads(),
+        "matmuls": rows,
+        "peak_dtype": key,
+        "peak_flops": ceiling,
+        "model_shaped_fraction_of_peak": rows[f"{key}_model_shaped"]["flops_per_s_best"] / ceiling,
+    }
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, default=4096)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--accelerator", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / "hardware.json")
+    args = p.parse_args(argv)
+    result = measure(args.size, args.repeats, args.accelerator)
+    result["machine"] = machine_description(args.accelerator)
+    write_json(args.out, result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

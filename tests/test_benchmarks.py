@@ -1,0 +1,83 @@
+"""The benchmark harness (`make bench`) runs end to end on the tiny offline model, so it cannot rot unnoticed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow  # ~40 s on 2 cores: five worker processes each import torch/lightning/transformers
+def test_harness_runs_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- bench-table:start -->\nold table\n<!-- bench-table:end -->\n\nafter\n")
+    results = tmp_path / "results"
+    command = [
+        sys.executable, "-m", "benchmarks",
+        "--model", "tiny-random", "--train-size", "64", "--warmup", "1", "--steps", "1", "--padded-steps", "1",
+        "--repeats", "1", "--questions", "8", "--val-repeats", "1", "--matmul-size", "128",
+        "--results", str(results), "--readme", str(readme),
+        "--set", "model.compile=false",  # compilation would take most of the test's time
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    for name in ("hardware", "train_throughput", "validation_speed", "summary"):
+        assert (results / f"{name}.json").is_file(), name
+    train = json.loads((results / "train_throughput.json").read_text())
+    assert set(train["arms"]) == {"sftl", "sftl_nocb", "hf_pad128", "hf_dynamic", "hf_dynamic_bf16"}
+    for arm in train["arms"].values():
+        assert arm["tokens_per_s"]["median"] > 0 and arm["peak_rss_training_mb"] > 0
+    assert train["arms"]["hf_pad128"]["mean_batch_width"] == 128
+    assert train["arms"]["sftl"]["padding_fraction"] < train["arms"]["hf_pad128"]["padding_fraction"]
+    assert set(train["ratios"]) == {"sftl/hf_pad128", "sftl/hf_dynamic", "sftl/hf_dynamic_bf16"}
+    assert train["callback_overhead"]["losses_identical_every_round"]
+    assert train["machine"]["cpu_count"] >= 1
+
+    validation = json.loads((results / "validation_speed.json").read_text())
+    assert validation["config"]["questions"] == 8
+    assert set(validation["seconds"]) == {"sftl_validate", "sftl_generate", "hf_generate"}
+
+    text = readme.read_text()
+    assert "old table" not in text and "| paired ratio |" in text and text.endswith("after\n")
+
+
+def test_flop_formula_counts_frozen_body_head_and_lora() -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from benchmarks.common import parameter_counts, useful_flops
+    from sft_lightning.tiny_model import build_tiny_llama
+
+    model = get_peft_model(build_tiny_llama(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    counts = parameter_counts(model)
+    total = sum(p.numel() for p in model.parameters())
+    assert counts["tied_embeddings"]  # the head is the embedding: counted once, as the head
+    assert counts["n_body"] + counts["n_head"] + counts["n_lora"] == total
+    assert useful_flops(counts, tokens=10, supervised=3) == 4 * counts["n_body"] * 10 + 4 * counts["n_head"] * 3 + 6 * counts["n_lora"] * 10
+
+
+def test_embedded_settings_follow_the_cli_config() -> None:
+    from benchmarks.common import embedded_settings
+
+    settings = embedded_settings()
+    assert settings["data"]["tokenizer"] == settings["model"]["model"]
+    assert settings["trainer"]["precision"] and "callbacks" not in settings["trainer"]
+    assert any(spec["class_path"].endswith("GradientHealth") for spec in settings["callbacks"])
+
+
+@pytest.mark.parametrize("has_markers", [True, False])
+def test_readme_block_is_replaced_only_between_markers(tmp_path: Path, has_markers: bool) -> None:
+    from benchmarks.__main__ import MARK_END, MARK_START, update_readme
+
+    readme = tmp_path / "README.md"
+    original = f"a\n{MARK_START}\nold\n{MARK_END}\nb\n" if has_markers else "a\nb\n"
+    readme.write_text(original)
+    assert update_readme(readme, "| new |") is has_markers
+    assert readme.read_text() == (f"a\n{MARK_START}\n| new |\n{MARK_END}\nb\n" if has_markers else original)
