@@ -61,6 +61,7 @@ def compile_decoder_layers(model: nn.Module) -> int:
     # (0.43 -> 3.5 s per step; artefacts written by another process on the same machine). A fresh
     # compile costs ~30 s once, a bad cache hit costs minutes per epoch, so compile fresh.
     torch._inductor.config.force_disable_caches = True
+    warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")  # says only the line above
     layers = decoder_layers(model)
     for layer in layers:
         layer.compile(dynamic=True)

@@ -336,7 +336,7 @@ def test_greedy_stops_when_every_row_has_emitted_eos(diverse_model, tokenizer) -
         calls.append(step)
         for row, at in eos_step.items():
             if step == at:
-                output[row, -1, eos] = output[row, -1].max() + 1e3
+                output[row, eos] = output[row].max() + 1e3  # the head sees (batch, hidden): last position only
         return output
 
     ids, mask = _left_pad(prompts, pad)
@@ -358,7 +358,7 @@ def test_greedy_stops_immediately_when_eos_is_argmax(tokenizer) -> None:
     bias[eos] = 1e4  # an LM-head bias that makes EOS the argmax everywhere
     head_hook = model.lm_head.register_forward_hook(lambda module, args, output: output + bias)
     calls = []
-    call_hook = model.register_forward_hook(lambda module, args, output: calls.append(1))
+    call_hook = model.model.register_forward_hook(lambda module, args, output: calls.append(1))  # decoder passes
     try:
         ids, mask = _left_pad(_prompt_ids(tokenizer), tokenizer.pad_token_id)
         out = greedy_generate(model, ids, mask, 50, eos)
