@@ -15,6 +15,7 @@ with 128 + the signal number; ``fit --ckpt_path last`` then continues exactly wh
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 from pathlib import Path
@@ -156,14 +157,9 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SFTLightningCL
 def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     try:
-        if argv and argv[0] == "ask":
-            from sft_lightning import ask
-
-            ask.main(argv[1:])
-        elif argv and argv[0] == "report":
-            from sft_lightning import report  # imports matplotlib: only when asked for
-
-            report.main(argv[1:])
+        if argv and argv[0] in PLAIN_COMMANDS:
+            # imported on demand: report pulls in matplotlib, which fit never needs
+            importlib.import_module(f"sft_lightning.{argv[0]}").main(argv[1:])
         else:
             build_cli(args)
     except EXPECTED_ERRORS as exc:
