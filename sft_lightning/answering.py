@@ -100,6 +100,7 @@ def load_trained(
             f"cannot tell which base model {source.path} was trained on (no run config.yaml beside it and no "
             "base_model_name_or_path in adapter_config.json). Fix: pass --model NAME (e.g. embedded, tiny-random)."
         )
+    hparams["compile"] = False  # a training-only speed-up: generation runs eagerly anyway
     module = SFTModule(**hparams)
     module.configure_model()
     if checkpoint is not None:
