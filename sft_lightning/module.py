@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor
@@ -136,11 +137,16 @@ class SFTModule(L.LightningModule):
         for param in self.model.parameters():
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
-        if hp.compile:
+        if hp.compile and self._fitting():
             compile_decoder_layers(base)
         # from_pretrained returns eval mode and Lightning does not switch it back, which would
         # silently disable LoRA dropout; Lightning's loops toggle eval/train from here on.
         self.model.train()
+
+    def _fitting(self) -> bool:
+        """True unless a Trainer runs validate/test/predict, which never train (and generate eagerly)."""
+        trainer = self._trainer
+        return trainer is None or trainer.state.fn in (None, TrainerFn.FITTING)
 
     def trainable_parameter_names(self) -> set[str]:
         return {name for name, p in self.named_parameters() if p.requires_grad}

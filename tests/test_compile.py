@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
 from sft_lightning import compile as sft_compile
+from sft_lightning import module as sft_module
 from sft_lightning.module import SFTModule
 from sft_lightning.tiny_model import build_tiny_llama
 
@@ -98,3 +101,15 @@ def test_compiled_training_matches_eager_and_keeps_parameter_names() -> None:
     assert compiled_names == eager_names  # checkpoints and exports are unchanged by compilation
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
     assert compiled_losses[-1] < compiled_losses[0]
+
+
+@pytest.mark.parametrize(("stage", "compiled"), [(TrainerFn.FITTING, True), (TrainerFn.VALIDATING, False), (TrainerFn.PREDICTING, False)])
+def test_only_fit_compiles(monkeypatch: pytest.MonkeyPatch, tmp_path, stage: TrainerFn, compiled: bool) -> None:
+    calls: list[nn.Module] = []
+    monkeypatch.setattr(sft_module, "compile_decoder_layers", lambda model: calls.append(model) or 0)
+    module = SFTModule(model="tiny-random", compile=True)
+    trainer = L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path, enable_progress_bar=False)
+    trainer.state.fn = stage
+    module.trainer = trainer
+    module.configure_model()
+    assert len(calls) == int(compiled)
