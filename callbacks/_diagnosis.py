@@ -24,10 +24,8 @@ D_GRAD_NAN = "loss finite but gradients non-finite: nan in backward"
 
 
 _ADVICE = {
-    D_PARAMS_BEFORE: "the weights were already broken: resume from the last good checkpoint, or use "
-    "on_nonfinite='rollback'",
-    D_PARAMS_AFTER: "keep trainable weights in fp32 (not precision='16-true'), lower the learning rate, "
-    "or use on_nonfinite='rollback'",
+    D_PARAMS_BEFORE: "the weights were already broken: resume from the last good checkpoint",
+    D_PARAMS_AFTER: "keep trainable weights in fp32 (not precision='16-true'), lower the learning rate",
     D_EMPTY_BATCH: "every batch needs at least one label != ignore_index; check prompt masking and truncation",
     D_LOSS_NAN: "inspect this batch's inputs and the loss computation; lower the learning rate",
     D_LOSS_INF: "inspect this batch's inputs and the loss computation; lower the learning rate",
@@ -35,15 +33,23 @@ _ADVICE = {
     "keep gradient clipping on",
     D_GRAD_NAN: "look for 0/0, log(0) or sqrt of negatives in the model/loss; lower the learning rate",
 }
+# Diagnoses that a rollback can recover from: suggested only to runs not already rolling back.
+_ROLLBACK_HELPS = frozenset({D_PARAMS_BEFORE, D_PARAMS_AFTER})
 _SCALE_ADVICE = (
     "gradients overflow fp16 at every loss scale: use bf16-mixed or 32-true, keep trainable weights fp32, "
     "lower the learning rate"
 )
 
 
-def advice(diagnosis: str) -> str:
-    """What to try next for a diagnosis line: every abort message names a fix, not only a cause."""
-    return _ADVICE.get(diagnosis, _SCALE_ADVICE if diagnosis.startswith("fp16 overflow") else "see the report")
+def advice(diagnosis: str, on_nonfinite: str = "abort") -> str:
+    """What to try next for a diagnosis line: every abort message names a fix, not only a cause.
+
+    ``on_nonfinite`` is the run's mode, so a run that already rolls back is not told to roll back.
+    """
+    text = _ADVICE.get(diagnosis, _SCALE_ADVICE if diagnosis.startswith("fp16 overflow") else "see the report")
+    if diagnosis in _ROLLBACK_HELPS and on_nonfinite != "rollback":
+        text += ", or use on_nonfinite='rollback'"
+    return text
 
 
 def scale_collapse(from_scale: float, to_scale: float, steps: int) -> str:

@@ -459,7 +459,7 @@ class GradientHealth(Callback):
         message = (
             f"GradientHealth: {decision.diagnosis} at global step {step} (epoch {trainer.current_epoch}, batch"
             f" {self._batch_idx}) -> {action}" + (f" ({reason})" if reason else "") + f". Report: {path}"
-            f". Fix: {dx.advice(decision.diagnosis)}"
+            f". Fix: {dx.advice(decision.diagnosis, mode)}"
         )
         if action != "abort":
             self._recovered_trips += 1

@@ -555,3 +555,13 @@ def test_every_diagnosis_comes_with_a_fix() -> None:
     for line in (dx.D_PARAMS_BEFORE, dx.D_PARAMS_AFTER, dx.D_EMPTY_BATCH, dx.D_LOSS_NAN, dx.D_LOSS_INF,
                  dx.D_GRAD_OVERFLOW, dx.D_GRAD_NAN, dx.scale_collapse(65536, 1e-4, 18)):
         assert dx.advice(line) != "see the report", line
+
+
+def test_rollback_is_suggested_only_to_runs_that_do_not_roll_back() -> None:
+    from callbacks import _diagnosis as dx
+
+    for line in (dx.D_PARAMS_BEFORE, dx.D_PARAMS_AFTER):
+        assert dx.advice(line, "abort").endswith("or use on_nonfinite='rollback'")
+        assert dx.advice(line, "skip").endswith("or use on_nonfinite='rollback'")
+        assert "rollback" not in dx.advice(line, "rollback")
+    assert "rollback" not in dx.advice(dx.D_LOSS_NAN, "abort")
