@@ -69,6 +69,10 @@ SCRIPT = textwrap.dedent(
     }
     with open(os.path.join(out, "result_rank%d.json" % trainer.global_rank), "w") as fh:
         json.dump(result, fh)
+    # Tear gloo down before interpreter exit: left to the atexit order, its threads can still be
+    # running and abort the process ("terminate called without an active exception") under load.
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     """
 )
 
