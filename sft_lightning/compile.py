@@ -58,8 +58,9 @@ def compile_decoder_layers(model: nn.Module) -> int:
         )
         return 0
     # Inductor's on-disk caches served kernels that ran 8x slower than freshly compiled ones here
-    # (0.43 -> 3.5 s per step; artefacts written by another process on the same machine). A fresh
-    # compile costs ~30 s once, a bad cache hit costs minutes per epoch, so compile fresh.
+    # (3.5 vs 0.43 s per step, reproducibly, until the caches were bypassed; the cause, maybe
+    # artefacts built by another process with other thread settings, was not pinned down). A
+    # fresh compile costs ~30 s once, a bad cache hit minutes per epoch, so compile fresh.
     torch._inductor.config.force_disable_caches = True
     warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")  # says only the line above
     layers = decoder_layers(model)
