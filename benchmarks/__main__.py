@@ -1,7 +1,7 @@
 """``make bench``: every measurement of issue 6 in one run, results in ``benchmarks/results/``.
 
     python -m benchmarks [--steps 16] [--padded-steps 6] [--warmup 2] [--repeats 3]
-                         [--questions 1000] [--val-repeats 2] [--adapter auto] [--readme README.md]
+                         [--questions 1000] [--val-repeats 1] [--adapter auto] [--readme README.md]
 
 1. ``hardware.json``: the bf16 (and fp32) matmul FLOP/s ceiling of this machine;
 2. ``train_throughput.json``: non-padding tokens/s of sft-lightning vs the HF Trainer + peft recipe (padded to
@@ -75,7 +75,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         results["train"]["machine"] = machine
         write_json(args.results / "train_throughput.json", results["train"])
     if "validation" not in args.skip:
-        print(f"[3/3] validation speed: {args.questions} questions x 3 variants x {args.val_repeats} rounds", flush=True)
+        print(f"[3/3] validation speed: {args.questions} questions x {len(validation_speed.VARIANTS)} variants x {args.val_repeats} rounds", flush=True)
         results["validation"] = validation_speed.measure(args)
         results["validation"]["machine"] = machine
         write_json(args.results / "validation_speed.json", results["validation"])
@@ -177,6 +177,7 @@ def markdown_table(results: dict[str, Any], machine: dict[str, Any], wall: float
             "sftl_validate": "sft-lightning `Trainer.validate` (loss + generate + score)",
             "sftl_generate": "sft-lightning generate + score (`greedy_generate`)",
             "hf_generate": "plain `model.generate` loop + score",
+            "sftl_generate_merged": "prototype: generate + score with LoRA folded into the weights",
         }
         for name, s in v["seconds"].items():
             run = v["rounds"][-1]["runs"][name]
@@ -184,8 +185,16 @@ def markdown_table(results: dict[str, Any], machine: dict[str, Any], wall: float
         r = v["ratio_sftl_generate_over_hf"]
         lines.append(
             f"\nGenerate + score, sft-lightning / plain loop: {r['median']:.2f} (min {r['min']:.2f}, max {r['max']:.2f});"
-            f" target {v['target']}: {_pass(v['meets_target'])}."
+            f" target {v['target']}: {_pass(v['meets_target'])}. Predictions identical on"
+            f" {v['prediction_agreement'] * 100:.0f}% of the questions (bf16: batches padded differently round differently)."
         )
+        if "sftl_generate_merged" in v["seconds"]:
+            m, g = v["seconds"]["sftl_generate_merged"]["median"], v["seconds"]["sftl_generate"]["median"]
+            lines.append(
+                f"Prototype, LoRA folded into the weights while generating (`benchmarks/prototypes.py`): {m:.1f} s,"
+                f" {g / m:.2f}x faster than today's generate + score; predictions identical on"
+                f" {v['prediction_agreement_merged_vs_sftl_generate'] * 100:.0f}%."
+            )
     if hw:
         m = hw["matmuls"]
         key = hw.get("peak_dtype", "bf16")
