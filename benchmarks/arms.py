@@ -376,16 +376,16 @@ def worker_main(names: list[str], opts: dict[str, Any], conn) -> None:
         t0 = time.perf_counter()
         arm = LightningArm(names[0], opts) if names[0].startswith("sftl") else HFArm(names[0], opts)
         info = {**arm.info(), "setup_s": time.perf_counter() - t0}
+        conn.send(("ready", info))
         with tempfile.TemporaryDirectory(prefix=f"bench_{names[0]}_") as tmp:
+            conn.recv()  # ("prime",): the parent primes one worker at a time, so no two compete for the cores
             t0 = time.perf_counter()
             for name in names:
                 # sft-lightning steps are short: prime them longer (the first timed runs after compilation were
                 # still ~5% slow with 2 priming steps)
                 steps = max(1, opts.get("prime_steps", 2)) * (4 if name.startswith("sftl") else 1)
                 arm.run(name, 1, steps, Path(tmp))
-            info["priming_s"] = time.perf_counter() - t0
-            info["setup_peak_rss_mb"] = process_peak_rss_mb()
-            conn.send(("ready", info))
+            conn.send(("primed", {"priming_s": time.perf_counter() - t0, "setup_peak_rss_mb": process_peak_rss_mb()}))
             while True:
                 message = conn.recv()
                 if message[0] == "stop":

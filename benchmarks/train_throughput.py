@@ -102,12 +102,15 @@ def measure(args: argparse.Namespace, ceiling_flops: Optional[float] = None, log
     workers: dict[str, Worker] = {}  # by arm name
     setup: dict[str, Any] = {}
     try:
-        for group in groups:  # set-up in parallel (nothing is timed yet); each reports when it is ready
+        for group in groups:  # set-up (imports, data, model load) in parallel; nothing is timed yet
             worker = Worker(ctx, group, opts)
             workers.update({name: worker for name in group})
         for group in groups:
-            info = workers[group[0]].receive("ready")
-            setup.update({name: info for name in group})
+            setup.update(dict.fromkeys(group, workers[group[0]].receive("ready")))
+        for group in groups:  # priming runs (compilation, first steps) one worker at a time
+            workers[group[0]].conn.send(("prime",))
+            info = setup[group[0]]
+            info.update(workers[group[0]].receive("primed"))
             log(
                 f"  {'+'.join(group):<16} ready: set-up {info['setup_s']:.0f} s, priming run {info['priming_s']:.0f} s"
                 f" ({info['base_dtype'].replace('torch.', '')} base{', compiled' if info.get('compile') else ''})"
