@@ -162,6 +162,11 @@ def markdown_table(results: dict[str, Any], machine: dict[str, Any], wall: float
                 f"| step time, with / without GradientHealth | {s['min']:.3f} | {s['median']:.3f} | {s['max']:.3f} |"
                 f" < 1.03 {_pass(cb['meets_target'])} |"
             )
+            b = cb["same_batch_step_ratio"]
+            lines.append(
+                f"| the same, step j of one run / step j of the other (same batch) | {b['min']:.3f} | {b['median']:.3f}"
+                f" | {b['max']:.3f} | |"
+            )
     if "validation" in results:
         v = results["validation"]
         c = v["config"]

@@ -347,6 +347,7 @@ def _summarise(
         "tokens_per_s": tokens / wall,
         "examples_per_s": sum(b for b, _ in counter.shapes[timed]) / wall,
         "step_s_median": statistics.median(spans),
+        "step_s": spans,  # per timed step: arms that see the same batches can be compared batch by batch
         "step_interval_s_median": statistics.median(ends[i] - ends[i - 1] for i in range(warmup, n)),
         "useful_flops": flops,
         "useful_flops_per_s": flops / wall,

@@ -219,6 +219,13 @@ def spread(values: Sequence[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
+def same_batch_ratio(with_s: list[float], without_s: list[float]) -> float:
+    """Median over steps of step j's time in one run over step j's time in the other (the same batch)."""
+    if len(with_s) != len(without_s) or not with_s:
+        raise ValueError(f"runs of different lengths: {len(with_s)} vs {len(without_s)} steps")
+    return statistics.median(a / b for a, b in zip(with_s, without_s))
+
+
 # ------------------------------------------------------------------------------------------- results
 def write_json(path: Path, payload: dict[str, Any]) -> Path:
     path = Path(path)

@@ -13,7 +13,8 @@ Where each piece happens (and why there):
 * ``on_train_batch_start`` / ``on_before_backward``: device-side flags only (no supervised tokens; loss
   NaN/inf, unscaled by the GradScaler's scale and the accumulation factor). Nothing is read back yet.
 * ``on_before_optimizer_step``: Lightning's AMP plugin has already called ``scaler.unscale_`` and has not yet
-  clipped, so gradients are unscaled and pre-clip. Fused ``_foreach_norm`` over grads and weights, one
+  clipped, so gradients are unscaled and pre-clip. Fused ``_foreach_norm`` over the grads (and over the weights
+  unless the last post-update check already measured them and their version counters show no write since), one
   all-reduce (SUM) of a 7-flag vector, one ``.tolist()``, then the decision. Without a scaler the update has not
   happened yet: skip/rollback set every ``.grad`` to ``None`` so torch optimisers leave weights and state alone.
 * ``on_train_batch_end`` (before ModelCheckpoint's, which Lightning orders last): restore the rollback snapshot
@@ -25,6 +26,7 @@ Where each piece happens (and why there):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -44,7 +46,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from . import _diagnosis as dx
-from ._norms import per_tensor_norms, total_norm
+from ._norms import per_tensor_norms, total_norm, versions
 from ._report import append_trip, report_path
 from ._snapshot import Snapshot, restore, take
 
@@ -188,6 +190,9 @@ class GradientHealth(Callback):
         self._pending_restore: Optional[tuple[Optimizer, _Trainable, Snapshot]] = None
         self._post_check: Optional[_Trainable] = None
         self._params_after: Optional[Tensor] = None  # device flag: weights non-finite after the last update
+        # (id of the _Trainable, version counters) of the weights that flag covers: while they are unchanged, the
+        # pre-step weight pass would re-measure the very same tensors, so it is skipped
+        self._checked_versions: Optional[tuple[int, list[int]]] = None
         self._poisoned = False  # we aborted with non-finite weights in memory
         self._guard_handle: Optional[torch.utils.hooks.RemovableHandle] = None
         self._trainer_ref: Optional[weakref.ReferenceType[pl.Trainer]] = None
@@ -315,8 +320,17 @@ class GradientHealth(Callback):
         if scale_t is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
             grad_norms = grad_norms / scale_t.to(device)  # fused optimisers unscale inside step(): do it here
         gnorm = total_norm(grad_norms)
-        param_norms, param_order = per_tensor_norms(trainable.params, device)
-        pnorm = total_norm(param_norms)
+        # the last update's post-check already measured these weights, and nothing has written them since: the
+        # flag it left (_params_after) answers "are the weights finite?" and a second pass would cost a full
+        # read of every trainable tensor per step. Writes that bypass the version counter (``p.data[...] = x``)
+        # are caught by the re-check on the trip path below, or by the post-check after this update.
+        covered = self._params_after is not None and self._weights_unchanged(trainable)
+        if covered:
+            param_norms, param_order = torch.zeros(0, device=device), []
+            pnorm = torch.zeros((), device=device)
+        else:
+            param_norms, param_order = per_tensor_norms(trainable.params, device)
+            pnorm = total_norm(param_norms)
 
         flags = torch.stack(
             [
@@ -352,28 +366,27 @@ class GradientHealth(Callback):
         pn = values[n + 3 + len(grad_order) :]
         loss_scale = scale_value if scale_t is not None else None
 
-        decision = dx.decide(
-            flag_values,
-            step=step,
-            loss_scale=loss_scale,
-            tracker=self._scaler,
-            max_consecutive_skipped=self.max_consecutive_skipped,
-            min_loss_scale=self.min_loss_scale,
-        )
-        context = {
-            "loss": local_loss if had_loss else None,
-            "grad_norm": local_gnorm,
-            "loss_scale": loss_scale,
-            "flags": flag_values.as_dict(),
-            "grad_norms": [(trainable.names[i], v) for i, v in zip(grad_order, g)],
-            "param_norms": [(trainable.names[i], v) for i, v in zip(param_order, pn)],
-        }
+        decision = self._decide(flag_values, step, loss_scale)
+        if covered and decision.verdict is dx.Verdict.TRIP:
+            # rare path, so a second sync is fine: measure the weights after all, for the diagnosis and the report
+            pn, param_order, poisoned_ranks = self._measure_weights(trainer, trainable, device)
+            if poisoned_ranks:
+                flag_values = dataclasses.replace(flag_values, params_nonfinite_before=poisoned_ranks)
+                decision = self._decide(flag_values, step, loss_scale)
         self._norm_history.append((step, local_gnorm))
         if loss_scale is not None:
             self._scaler.record(step, loss_scale, skipped=decision.verdict is dx.Verdict.SCALER_SKIP)
         self._update_interval(local_gnorm, trainable, grad_order, g)
 
         if decision.verdict is dx.Verdict.TRIP:
+            context = {  # named per-tensor norms for the report: built only when there is one to write
+                "loss": local_loss if had_loss else None,
+                "grad_norm": local_gnorm,
+                "loss_scale": loss_scale,
+                "flags": flag_values.as_dict(),
+                "grad_norms": [(trainable.names[i], v) for i, v in zip(grad_order, g)],
+                "param_norms": [(trainable.names[i], v) for i, v in zip(param_order, pn)],
+            }
             # raises on abort (after the report is written); otherwise drops this update
             action = self._trip(trainer, optimizer, decision, context, where="optimizer_step")
             for p in trainable.params:
@@ -391,6 +404,7 @@ class GradientHealth(Callback):
                 self._maybe_snapshot(optimizer, trainable, step)  # weights verified finite just now
             if decision.verdict is dx.Verdict.HEALTHY:
                 self._post_check = trainable  # the update will be applied: check the weights after it
+        self._checked_versions = None  # the pre-step weights are consumed; only a new post-check re-arms the skip
         self._log(trainer, pl_module, loss_scale)
 
     def on_train_batch_end(
@@ -407,6 +421,8 @@ class GradientHealth(Callback):
                 norms, _ = per_tensor_norms(trainable.params, trainable.params[0].device)
                 # no sync: judged with the next step's flags, at a checkpoint, or at train end
                 self._params_after = ~torch.isfinite(total_norm(norms))
+                counters = versions(trainable.params)
+                self._checked_versions = (id(trainable), counters) if counters is not None else None
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Judge the update of the last step, which no later step will look at."""
@@ -580,6 +596,32 @@ class GradientHealth(Callback):
         trainable = _Trainable(params=params, names=qualified, modules=modules, n_in_groups=n_in_groups)
         self._trainables[id(optimizer)] = trainable
         return trainable
+
+    def _decide(self, flags: dx.StepFlags, step: int, loss_scale: Optional[float]) -> dx.Decision:
+        return dx.decide(
+            flags,
+            step=step,
+            loss_scale=loss_scale,
+            tracker=self._scaler,
+            max_consecutive_skipped=self.max_consecutive_skipped,
+            min_loss_scale=self.min_loss_scale,
+        )
+
+    def _weights_unchanged(self, trainable: _Trainable) -> bool:
+        """True when the post-update check saw exactly these tensors and none was written in place since."""
+        if self._checked_versions is None:
+            return False
+        key, counters = self._checked_versions
+        return key == id(trainable) and versions(trainable.params) == counters
+
+    def _measure_weights(
+        self, trainer: pl.Trainer, trainable: _Trainable, device: torch.device
+    ) -> tuple[list[float], list[int], int]:
+        """Per-tensor weight norms (local) and the number of ranks whose weights are non-finite (one collective)."""
+        norms, order = per_tensor_norms(trainable.params, device)
+        bad = (~torch.isfinite(total_norm(norms))).float().reshape(1)
+        ranks = _all_reduce_sum(trainer, bad)
+        return norms.tolist(), order, int(round(ranks.item()))
 
     def _maybe_snapshot(self, optimizer: Optimizer, trainable: _Trainable, step: int) -> None:
         previous = self._snapshots.get(id(optimizer))

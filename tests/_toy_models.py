@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 VOCAB, DIM, SEQ, BATCH = 16, 8, 6, 4
-FAULTS = ("nan_loss", "inf_loss", "nan_grad", "inf_grad", "nan_param", "loss_spike")
+FAULTS = ("nan_loss", "inf_loss", "nan_grad", "inf_grad", "nan_param", "nan_param_via_data", "loss_spike")
 
 
 class PreBatched(Dataset):
@@ -130,6 +130,8 @@ class ToyLM(L.LightningModule):
         if self._faulty() and self.fault == "nan_param":
             with torch.no_grad():
                 self.hidden.weight[0, 0] = math.nan
+        if self._faulty() and self.fault == "nan_param_via_data":
+            self.hidden.weight.data[0, 0] = math.nan  # .data writes do not bump the parameter's version counter
         ids, labels = _get(batch, "input_ids"), _get(batch, "labels")
         logits = self(ids).float()
         if self.loss_norm == "tokens":

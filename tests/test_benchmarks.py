@@ -40,6 +40,8 @@ def test_harness_runs_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     assert train["arms"]["sftl"]["padding_fraction"] < train["arms"]["hf_pad128"]["padding_fraction"]
     assert set(train["ratios"]) == {"sftl/hf_pad128", "sftl/hf_dynamic", "sftl/hf_dynamic_bf16"}
     assert train["callback_overhead"]["losses_identical_every_round"]
+    assert len(train["callback_overhead"]["same_batch_step_ratio"]["per_round"]) == 1
+    assert len(train["rounds"][0]["runs"]["sftl"]["step_s"]) == train["config"]["steps"]
     assert train["machine"]["cpu_count"] >= 1
 
     validation = json.loads((results / "validation_speed.json").read_text())
@@ -83,3 +85,13 @@ def test_readme_block_is_replaced_only_between_markers(tmp_path: Path, has_marke
     readme.write_text(original)
     assert update_readme(readme, "| new |") is has_markers
     assert readme.read_text() == (f"a\n{MARK_START}\n| new |\n{MARK_END}\nb\n" if has_markers else original)
+
+
+def test_same_batch_ratio_pairs_step_j_with_step_j() -> None:
+    from benchmarks.common import same_batch_ratio
+
+    # one slow outlier step in either run moves the ratio of medians, not the median of step-by-step ratios
+    assert same_batch_ratio([1.1, 2.2, 3.3, 9.0], [1.0, 2.0, 3.0, 4.0]) == pytest.approx(1.1)
+    assert same_batch_ratio([2.0, 4.0, 6.0], [1.0, 2.0, 3.0]) == 2.0
+    with pytest.raises(ValueError, match="different lengths"):
+        same_batch_ratio([1.0], [1.0, 2.0])

@@ -99,6 +99,9 @@ CASES: dict[str, dict[str, Any]] = {
         trip_step=FAULT_STEP + 3,
     ),
     "nan_param": dict(fault="nan_param", diagnosis=dx.D_PARAMS_BEFORE),
+    # the callback skips re-measuring weights its post-update check saw, judging by version counters; a write
+    # through .data leaves the counter alone, and must still be diagnosed as broken weights, not as a NaN loss
+    "nan_param_via_data": dict(fault="nan_param_via_data", diagnosis=dx.D_PARAMS_BEFORE),
     "empty_batch": dict(empty_at=(FAULT_STEP,), diagnosis=dx.D_EMPTY_BATCH),
 }
 MODES = ("abort", "skip", "rollback")
@@ -109,7 +112,7 @@ def expected_action(case: str, mode: str) -> Optional[str]:
         return None  # the scaler's normal back-off: counted, never a trip
     if case == "persistent_overflow":
         return "abort"  # in every mode: skipping again cannot help a collapsing scale
-    if case == "nan_param" and mode == "skip":
+    if case.startswith("nan_param") and mode == "skip":
         return "abort"  # skipping cannot repair weights that are already NaN
     return mode
 
@@ -144,7 +147,7 @@ def test_fault_matrix(case: str, mode: str, tmp_path: Path) -> None:
     assert report["trips"][-1]["batch_idx"] == k and report["trips"][-1]["epoch"] == 0
     if case == "nan_grad":
         assert report["trips"][-1]["nonfinite_grad_params"] == ["hidden.weight"]
-    if case == "nan_param":
+    if case.startswith("nan_param"):
         assert report["trips"][-1]["nonfinite_params"] == ["hidden.weight"]
 
     if action == "abort":
@@ -152,7 +155,7 @@ def test_fault_matrix(case: str, mode: str, tmp_path: Path) -> None:
         assert err.report_path == str(tmp_path / "grad_health_report.json")
         assert trainer.global_step == k  # stopped at the faulty step, before its update
         assert k not in model.after
-        if case != "nan_param":
+        if not case.startswith("nan_param"):
             assert torch.equal(flat(model), model.before[k])  # the poisoned update never reached the weights
         if case == "persistent_overflow":
             assert cb.scaler_skipped_steps == 3
@@ -458,6 +461,37 @@ def test_one_host_sync_per_optimizer_step(monkeypatch: pytest.MonkeyPatch, tmp_p
     trainer = make_trainer(tmp_path, cb, logger=CSVLogger(str(tmp_path)), log_every_n_steps=2)
     assert fit(trainer, ToyLM(), lm_loader(MAX_STEPS)) is None
     assert counts == Counter({"tolist": MAX_STEPS})
+
+
+@pytest.mark.parametrize("written_at", [None, 4])
+def test_one_weight_pass_per_healthy_step(
+    written_at: Optional[int], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The weights are read once per step (after the update); the pre-step pass runs only on the first step and
+    after an in-place write to the weights that the post-update check did not see."""
+    import callbacks.gradient_health as gh
+
+    passes: Counter[str] = Counter()
+    original = gh.per_tensor_norms
+
+    def counting(tensors: Any, out_device: torch.device) -> Any:
+        kind = "weights" if tensors and isinstance(tensors[0], torch.nn.Parameter) else "grads"
+        passes[kind] += 1
+        return original(tensors, out_device)
+
+    monkeypatch.setattr(gh, "per_tensor_norms", counting)
+
+    class Writer(L.Callback):  # a legitimate in-place write between two steps, e.g. a user's weight surgery
+        def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, i: int) -> None:
+            if trainer.global_step == written_at:
+                with torch.no_grad():
+                    pl_module.hidden.weight.mul_(1.0)
+
+    cb = GradientHealth()
+    trainer = make_trainer(tmp_path, cb, callbacks=[Writer(), cb])
+    assert fit(trainer, ToyLM(), lm_loader(MAX_STEPS)) is None
+    pre_step = 1 + (written_at is not None)
+    assert passes == Counter({"grads": MAX_STEPS, "weights": MAX_STEPS + pre_step})
 
 
 # ===================================================================================== setup and arguments
