@@ -22,7 +22,8 @@ def test_harness_runs_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "benchmarks",
         "--model", "tiny-random", "--train-size", "64", "--warmup", "1", "--steps", "1", "--padded-steps", "1",
-        "--repeats", "1", "--questions", "8", "--val-repeats", "1", "--matmul-size", "128",
+        "--repeats", "1", "--callback-pairs", "2", "--callback-steps", "3",
+        "--questions", "8", "--val-repeats", "1", "--matmul-size", "128",
         "--results", str(results), "--readme", str(readme),
         "--set", "model.compile=false",  # compilation would take most of the test's time
     ]  # fmt: skip
@@ -39,8 +40,11 @@ def test_harness_runs_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     assert train["arms"]["hf_pad128"]["mean_batch_width"] == 128
     assert train["arms"]["sftl"]["padding_fraction"] < train["arms"]["hf_pad128"]["padding_fraction"]
     assert set(train["ratios"]) == {"sftl/hf_pad128", "sftl/hf_dynamic", "sftl/hf_dynamic_bf16"}
-    assert train["callback_overhead"]["losses_identical_every_round"]
-    assert len(train["callback_overhead"]["same_batch_step_ratio"]["per_round"]) == 1
+    callback = train["callback_overhead"]
+    assert callback["losses_identical_every_pair"] and callback["measured_over"].startswith("2 dedicated pairs")
+    assert len(callback["same_batch_step_ratio"]["per_pair"]) == 2
+    assert [pair["order"][0] for pair in callback["pairs"]] == ["sftl", "sftl_nocb"]  # alternating order
+    assert {len(steps) for pair in callback["pairs"] for steps in pair["step_s"].values()} == {3}
     assert len(train["rounds"][0]["runs"]["sftl"]["step_s"]) == train["config"]["steps"]
     assert train["machine"]["cpu_count"] >= 1
 
