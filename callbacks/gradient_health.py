@@ -1,9 +1,9 @@
 """GradientHealth: stop, skip or roll back a run whose loss, gradients or weights go non-finite.
 
 A run whose gradients go NaN should not grind on for hours logging ``grad_norm: nan``. This callback measures
-every optimiser step (one fused norm pass, one host sync, one all-reduce), decides with the rules in
-``_diagnosis.decide`` and then aborts, drops the update, or restores the last good snapshot - identically on
-every rank - and writes a JSON report that says why.
+every optimiser step (one norm pass over the gradients, one over the weights, one host sync, one all-reduce),
+decides with the rules in ``_diagnosis.decide`` and then aborts, drops the update, or restores the last good
+snapshot - identically on every rank - and writes a JSON report that says why.
 
 Works with any ``LightningModule`` (automatic optimisation; manual optimisation is checked per
 ``optimizer.step()``). Imports only the standard library, torch and lightning.
