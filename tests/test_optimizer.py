@@ -123,3 +123,27 @@ def test_gradscaler_keeps_the_unfused_optimiser_and_lightnings_clipping(tmp_path
 def test_16_bit_trainable_weights_keep_torchs_default_adamw(tmp_path: Path) -> None:
     probe = fit(tmp_path, "bf16-true", clip=1.0)
     assert probe.fused == [False]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "scaler", "fused"),
+    [
+        ("single", None, True),
+        ("ddp", None, True),
+        ("ddp", "scaler", False),  # fused would unscale inside step(): Lightning's clipping would refuse it
+        ("deepspeed", None, False),  # a DDPStrategy subclass that owns the optimiser and clipping
+        ("fsdp", None, False),  # sharded gradients: only FSDP's own clipping sees the whole norm
+    ],
+)
+def test_fused_adamw_only_where_sftmodule_can_clip(strategy: str, scaler: Any, fused: bool) -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, SingleDeviceStrategy
+
+    kinds = {"single": SingleDeviceStrategy, "ddp": DDPStrategy, "deepspeed": DeepSpeedStrategy, "fsdp": FSDPStrategy}
+    module = SFTModule(model="tiny-random")
+    # the two things the choice reads; object.__new__ because DeepSpeed/FSDP would need their backends to init
+    module._trainer = SimpleNamespace(strategy=object.__new__(kinds[strategy]), precision_plugin=SimpleNamespace(scaler=scaler))
+    weights = [torch.nn.Parameter(torch.zeros(2))]
+    assert module._fused_adamw_ok(weights) is fused
+    assert module._fused_adamw_ok([torch.nn.Parameter(torch.zeros(2, dtype=torch.bfloat16))]) is False
