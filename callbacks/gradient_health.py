@@ -341,6 +341,10 @@ class GradientHealth(Callback):
                 torch.isinf(gnorm),
                 ~torch.isfinite(pnorm),
                 _flag(self._params_after, device),
+                # not a condition: how many ranks skipped the weight pass. Reduced with the flags so that every
+                # rank agrees on whether the trip path re-measures (a collective) - the counters can differ
+                # between ranks, e.g. after a write on one rank only
+                torch.full((), float(covered), device=device),
             ]
         ).float()
         flags = _all_reduce_sum(trainer, flags)  # the one collective: every rank gets the same verdict
@@ -361,14 +365,16 @@ class GradientHealth(Callback):
 
         n = len(dx.FLAG_NAMES)
         flag_values = dx.StepFlags.from_values(values[:n])
-        local_gnorm, local_loss, scale_value = values[n : n + 3]
-        g = values[n + 3 : n + 3 + len(grad_order)]
-        pn = values[n + 3 + len(grad_order) :]
+        covered_ranks = round(values[n])
+        local_gnorm, local_loss, scale_value = values[n + 1 : n + 4]
+        g = values[n + 4 : n + 4 + len(grad_order)]
+        pn = values[n + 4 + len(grad_order) :]
         loss_scale = scale_value if scale_t is not None else None
 
         decision = self._decide(flag_values, step, loss_scale)
-        if covered and decision.verdict is dx.Verdict.TRIP:
-            # rare path, so a second sync is fine: measure the weights after all, for the diagnosis and the report
+        if covered_ranks and decision.verdict is dx.Verdict.TRIP:
+            # rare path, so a second sync is fine: measure the weights after all (on every rank, since it is a
+            # collective), for the diagnosis and the report
             pn, param_order, poisoned_ranks = self._measure_weights(trainer, trainable, device)
             if poisoned_ranks:
                 flag_values = dataclasses.replace(flag_values, params_nonfinite_before=poisoned_ranks)

@@ -47,6 +47,8 @@ SCRIPT = textwrap.dedent(
 
     if case == "nan_loss_on_rank1":
         model = ToyLM(fault="nan_loss", fault_steps=[2], fault_rank=1)
+    elif case == "nan_param_on_rank1":
+        model = ToyLM(fault="nan_param", fault_steps=[2], fault_rank=1)
     else:  # loss_norm="fixed" keeps the empty batch's loss finite (0): rank 0 sees nothing wrong locally
         model = ToyLM(loss_norm="fixed")
     loader = DataLoader(RankData(8), batch_size=None)
@@ -130,3 +132,14 @@ def test_ddp_skip_decided_by_all_reduce_for_a_fault_only_one_rank_can_see(tmp_pa
         assert [(t["global_step"], t["action"], t["diagnosis"]) for t in r["trips"]] == [(2, "skip", dx.D_EMPTY_BATCH)]
         assert r["trips"][0]["flags_rank_count"]["empty_batch"] == 1
     assert r0["weights"] == r1["weights"]  # same action at the same step keeps the replicas identical
+
+
+@pytest.mark.slow
+def test_ddp_weights_broken_on_one_rank_are_diagnosed_on_both(tmp_path: Path) -> None:
+    """Rank 1's in-place write makes it measure its weights before the step while rank 0 skips that pass (its
+    weights are unchanged since the post-update check): the trip path's re-measurement is a collective, so both
+    ranks must agree to run it, or rank 0 would wait in it forever."""
+    r0, r1 = run_ddp(tmp_path, "abort", "nan_param_on_rank1")
+    for r in (r0, r1):
+        assert r["error"] == {"global_step": 2, "diagnosis": dx.D_PARAMS_BEFORE}
+        assert r["trips"][0]["flags_rank_count"]["params_nonfinite_before"] == 1
