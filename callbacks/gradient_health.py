@@ -15,7 +15,8 @@ Where each piece happens (and why there):
 * ``on_before_optimizer_step``: Lightning's AMP plugin has already called ``scaler.unscale_`` and has not yet
   clipped, so gradients are unscaled and pre-clip. Fused ``_foreach_norm`` over the grads (and over the weights
   unless the last post-update check already measured them and their version counters show no write since), one
-  all-reduce (SUM) of a 7-flag vector, one ``.tolist()``, then the decision. Without a scaler the update has not
+  all-reduce (SUM) of a 7-flag vector (plus the count of ranks that skipped the weight pass), one ``.tolist()``,
+  then the decision. Without a scaler the update has not
   happened yet: skip/rollback set every ``.grad`` to ``None`` so torch optimisers leave weights and state alone.
 * ``on_train_batch_end`` (before ModelCheckpoint's, which Lightning orders last): restore the rollback snapshot
   (or, for optimisers outside ``torch.optim``, the pre-step snapshot), else queue a device-side check of the
