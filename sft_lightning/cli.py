@@ -66,6 +66,24 @@ class SFTLightningCLI(LightningCLI):
                 "or keep the default CSV logger."
             ) from None
 
+    def _parse_ckpt_path(self) -> None:
+        """Say which settings a checkpoint overrides. LightningCLI replaces the parsed ``model.*`` settings with
+        the checkpoint's hyper-parameters (its weights only fit those), silently: ``validate --ckpt_path X
+        --model.lora_r 8`` would run with X's rank and never mention the 8."""
+        before = _model_settings(self.config)
+        super()._parse_ckpt_path()
+        after = _model_settings(self.config)
+        changed = {key: (before[key], value) for key, value in after.items() if key in before and before[key] != value}
+        if changed:
+            ckpt = self.config[self.config.subcommand].get("ckpt_path")
+            listing = ", ".join(f"model.{key}={new!r} (configured: {old!r})" for key, (old, new) in sorted(changed.items()))
+            print(
+                f"note: the checkpoint {ckpt} sets the model from the hyper-parameters it was trained with: {listing}."
+                " The configured values are ignored (LightningCLI's rule); a different LoRA shape needs a new checkpoint.",
+                file=sys.stderr,
+                flush=True,
+            )
+
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         # Every run writes checkpoints atomically, unless the user configured their own CheckpointIO.
@@ -129,6 +147,15 @@ class SFTLightningCLI(LightningCLI):
         if trainer.log_dir:
             lines.append(f"{'run directory':<16} {Path(trainer.log_dir)}")
         print("\n".join(lines), flush=True)
+
+
+def _model_settings(config: Any) -> dict[str, Any]:
+    """The ``model.*`` settings of the parsed config of the current subcommand, as a flat dict."""
+    try:
+        model = config[config.subcommand]["model"]
+        return dict(vars(model)) if not isinstance(model, dict) else dict(model)
+    except (KeyError, TypeError, AttributeError):
+        return {}
 
 
 def _causes(exc: BaseException) -> list[BaseException]:

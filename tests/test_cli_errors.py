@@ -294,15 +294,6 @@ def test_checkpoint_from_different_lora_config_has_no_shape_traceback(validate_r
         assert_clean_error(result, "lora_r")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "LightningCLI._parse_ckpt_path (lightning 2.6) overwrites the parsed config with the checkpoint's "
-        "hyper_parameters, so `validate --ckpt_path <r4 ckpt> --model.lora_r 8` silently runs with lora_r 4 "
-        "(config.yaml of the new run says lora_r: 4), exits 0 and never mentions lora_r: the user's explicit "
-        "setting is dropped without an error or a warning"
-    ),
-)
 def test_checkpoint_from_different_lora_config_is_reported(validate_r4_checkpoint_with_r8: CLIResult) -> None:
     result = validate_r4_checkpoint_with_r8
     assert TRACEBACK not in result.output, result.output[-3000:]
