@@ -209,6 +209,7 @@ def summarise(args, arms, setup, rounds, final, ceiling_flops, wall_s, callback_
     if REFERENCE in arms and "sftl_nocb" in arms:
         # Step span (on_train_batch_start -> on_train_batch_end), as benchmarks/callback_overhead.py measures it.
         # From the dedicated pairs when there are any (see run_callback_pairs), else from the throughput rounds.
+        in_rounds = [rd["runs"][REFERENCE]["step_s_median"] / rd["runs"]["sftl_nocb"]["step_s_median"] for rd in rounds]
         if callback_pairs:
             source = f"{len(callback_pairs)} dedicated pairs of {args.callback_steps} timed steps"
             paired = [pair["ratio"] for pair in callback_pairs]
@@ -216,11 +217,10 @@ def summarise(args, arms, setup, rounds, final, ceiling_flops, wall_s, callback_
             identical = [pair["losses_identical"] for pair in callback_pairs]
         else:
             source = f"the {len(rounds)} throughput rounds of {args.steps} timed steps"
-            paired = [rd["runs"][REFERENCE]["step_s_median"] / rd["runs"]["sftl_nocb"]["step_s_median"] for rd in rounds]
+            paired = in_rounds
             # both arms train on the same batches in the same order (identical losses show it): step j vs step j
             same_batch = [same_batch_ratio(rd["runs"][REFERENCE]["step_s"], rd["runs"]["sftl_nocb"]["step_s"]) for rd in rounds]
             identical = [rd["runs"][REFERENCE]["losses"] == rd["runs"]["sftl_nocb"]["losses"] for rd in rounds]
-        in_rounds = [rd["runs"][REFERENCE]["step_s_median"] / rd["runs"]["sftl_nocb"]["step_s_median"] for rd in rounds]
         callback = {
             "measured_over": source,
             "step_time_ratio": {**spread(paired), "per_pair": paired},
