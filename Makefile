@@ -11,7 +11,7 @@ PIP := $(PY) -m pip
 CLI := $(VENV)/bin/sft-lightning
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test train baseline report test test-fast bench clean
+.PHONY: setup setup-test train baseline report test test-fast test-min lint bench learning clean
 
 setup: $(VENV)/.installed
 setup-test: $(VENV)/.installed-test
@@ -30,9 +30,12 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install --quiet -e ".[test,tensorboard]"
 	touch $@
 
-## Fine-tune the embedded SmolLM2-135M-Instruct and report validation accuracy/answer rate.
+## Fine-tune the embedded SmolLM2-135M-Instruct for the wall-clock budget of configs/embedded.yaml
+## (make train BUDGET=10 for another, in minutes) and report accuracy on the generated and the
+## hand-written validation sets.
+BUDGET ?=
 train: setup
-	$(CLI) fit --config configs/embedded.yaml
+	$(CLI) fit --config configs/embedded.yaml $(if $(BUDGET),--budget.minutes $(BUDGET))
 
 ## The untuned model on the same validation set (the "before" row of the README table).
 baseline: setup
@@ -48,6 +51,22 @@ report: setup
 test: setup-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+## The fast tests on the lowest dependency versions pyproject.toml allows (ci/min-versions.txt),
+## in a separate venv (.venv-min), so that the floors are versions that were installed and passed.
+MIN_VENV ?= .venv-min
+test-min:
+	test -x $(MIN_VENV)/bin/python || $(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MIN_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(MIN_VENV)/bin/python -m pip install --quiet -c ci/min-versions.txt -e ".[test]"
+	$(MIN_VENV)/bin/python -m pip install --quiet --no-deps "$(EMBEDDED_SPEC)"
+	$(MIN_VENV)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|lightning|transformers|peft|torchmetrics|jsonargparse|pint|gguf|safetensors|matplotlib) "
+	$(MIN_VENV)/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+## The linter (ruff, configured in pyproject.toml); CI runs it before the tests.
+lint: setup-test
+	$(VENV)/bin/ruff check .
+
 ## Only the fast tests, for the edit-test loop.
 test-fast: setup-test
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
@@ -60,6 +79,12 @@ BENCH_ARGS ?=
 bench: setup
 	$(PIP) install --quiet -e ".[bench]"
 	$(PY) -m benchmarks --readme README.md $(BENCH_ARGS)
+
+## Learning per CPU-minute: the main job against its variants, same budget each (~15 min per arm).
+## Options: make learning LEARNING_ARGS="--arms worked bare --minutes 15"
+LEARNING_ARGS ?=
+learning: setup
+	$(PY) -m benchmarks.learning --readme README.md $(LEARNING_ARGS)
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache

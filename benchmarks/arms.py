@@ -10,7 +10,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from benchmarks.common import (
     CountingCollator,
@@ -64,7 +64,7 @@ def _counting_data_module(base):
     class CountingSFTDataModule(base):
         """SFTDataModule whose training loader records what each batch holds (see CountingCollator)."""
 
-        counter: Optional[CountingCollator] = None
+        counter: CountingCollator | None = None
 
         def train_dataloader(self):
             loader = super().train_dataloader()
@@ -218,7 +218,7 @@ class HFArm(_Arm):
         self.counts = parameter_counts(self.peft)
         self.features = self._features(pad_to=128 if name == "hf_pad128" else None)
 
-    def _features(self, pad_to: Optional[int]) -> list[dict[str, list[int]]]:
+    def _features(self, pad_to: int | None) -> list[dict[str, list[int]]]:
         """The recipe's tokenised dataset: input_ids, attention_mask, labels (-100 on the prompt)."""
         pad = self.tokenizer.pad_token_id
         features = []
@@ -318,8 +318,8 @@ def _summarise(
     warmup: int,
     steps: int,
     counts: dict[str, Any],
-    peak_mb: Optional[float],
-    losses: Optional[list[float]],
+    peak_mb: float | None,
+    losses: list[float] | None,
 ) -> dict[str, Any]:
     import os
 

@@ -32,7 +32,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -72,7 +72,7 @@ class StepTimer:
     def __init__(self) -> None:
         self.times: list[float] = []
         self.losses: list[float] = []
-        self._t0: Optional[float] = None
+        self._t0: float | None = None
         timer = self
 
         class _Start(Callback):
@@ -157,7 +157,7 @@ def machine(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------- main
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=30, help="timed steps per run, after the warm-up (default 30)")
     p.add_argument("--warmup", type=int, default=3, help="steps dropped at the start of every run (default 3)")
@@ -172,7 +172,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("lightning.fabric").setLevel(logging.ERROR)

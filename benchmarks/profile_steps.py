@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from benchmarks.common import RESULTS_DIR, quiet
 
@@ -149,7 +149,7 @@ def profile_validation(opts: dict[str, Any], batches: int, adapter: str) -> list
     return out
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from benchmarks.train_throughput import add_common_arguments
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)

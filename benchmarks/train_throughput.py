@@ -37,7 +37,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from benchmarks.arms import ARMS, DEFAULT_ARMS, REFERENCE, worker_main
 from benchmarks.common import FLOP_FORMULA, RESULTS_DIR, machine_description, quiet, same_batch_ratio, spread, write_json
@@ -84,7 +84,7 @@ class Worker:
 
 
 # ------------------------------------------------------------------------------------------------ parent
-def measure(args: argparse.Namespace, ceiling_flops: Optional[float] = None, log=print) -> dict[str, Any]:
+def measure(args: argparse.Namespace, ceiling_flops: float | None = None, log=print) -> dict[str, Any]:
     arms = list(args.arms)
     opts = {
         "config": str(args.config),
@@ -318,7 +318,7 @@ def print_table(result: dict[str, Any], log=print) -> None:
         log(f"  same batch, step by step: ratio min {b['min']:.3f} median {b['median']:.3f} max {b['max']:.3f}")
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     add_common_arguments(p)

@@ -9,8 +9,9 @@ Variants (one process, one model object, the same adapter, ``eval_batch_size`` a
   costs in training, i.e. the validation loss forward *and* ``greedy_generate`` -> ``parse_answer`` -> metrics.
 - ``sftl_generate``: the same generation and scoring path without the loss forward (the validation dataloader's
   batches -> ``SFTModule.generate_texts`` -> ``parse_answers`` -> metrics): like for like with the plain loop.
-- ``sftl_generate_merged``: a prototype (``benchmarks/prototypes.py``): ``sftl_generate`` with the LoRA update
-  folded into a temporary copy of the weights while generating (merge time included).
+- ``sftl_generate_unmerged``: ``sftl_generate`` with ``merge_lora_for_generation`` off, i.e. the LoRA branches
+  run beside the base weights at every decoding step (what the package did before folding LoRA into a
+  temporary copy of the weights, ``sft_lightning.merged_lora``).
 - ``hf_generate``: the plain loop: tokenise the prompts of each batch of ``eval_batch_size`` questions (left
   padding), ``model.generate(do_sample=False, max_new_tokens=...)``, decode, ``parse_answers``, metrics.
 
@@ -26,7 +27,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from benchmarks.common import (
     RESULTS_DIR,
@@ -41,11 +42,11 @@ from benchmarks.common import (
     write_json,
 )
 
-VARIANTS = ("sftl_validate", "sftl_generate", "hf_generate", "sftl_generate_merged")
+VARIANTS = ("sftl_validate", "sftl_generate", "hf_generate", "sftl_generate_unmerged")
 TARGET_S = 30.0
 
 
-def find_adapter(spec: str, model: str) -> Optional[Path]:
+def find_adapter(spec: str, model: str) -> Path | None:
     if spec == "none" or (spec == "auto" and model != "embedded"):  # runs/embedded holds adapters of the embedded model
         return None
     if spec != "auto":
@@ -123,10 +124,8 @@ class ValidationBench:
         seconds = time.perf_counter() - t0
         return {"seconds": seconds, "accuracy": metrics["val/accuracy"], "answer_rate": metrics["val/answer_rate"]}
 
-    def sftl_generate(self, merged: bool = False) -> dict[str, Any]:
-        import contextlib
+    def sftl_generate(self, merged: bool = True) -> dict[str, Any]:
 
-        from benchmarks.prototypes import merged_lora_weights
         from sft_lightning.metrics import AnswerAccuracy, AnswerRate, parse_answers
 
         torch = self.torch
@@ -136,8 +135,8 @@ class ValidationBench:
         outputs: dict[str, float] = {}
         texts_per_batch = []
         t0 = time.perf_counter()
-        merging = merged_lora_weights(module.model) if merged else contextlib.nullcontext()
-        with torch.no_grad(), self._autocast(), merging:
+        module.hparams.merge_lora_for_generation = merged
+        with torch.no_grad(), self._autocast():
             for batch in self.data.val_dataloader():
                 prompt_ids, prompt_mask = batch["prompt_ids"].to(self.device), batch["prompt_mask"].to(self.device)
                 texts = module.generate_texts(prompt_ids, prompt_mask)
@@ -155,9 +154,12 @@ class ValidationBench:
             "preds": outputs,
         }
 
-    def sftl_generate_merged(self) -> dict[str, Any]:
-        """Prototype (benchmarks/prototypes.py): ``sftl_generate`` with the LoRA update folded into the weights."""
-        return self.sftl_generate(merged=True)
+    def sftl_generate_unmerged(self) -> dict[str, Any]:
+        """``sftl_generate`` with the LoRA branches beside the base weights (``merge_lora_for_generation`` off)."""
+        try:
+            return self.sftl_generate(merged=False)
+        finally:
+            self.module.hparams.merge_lora_for_generation = True
 
     def hf_generate(self) -> dict[str, Any]:
         from sft_lightning.metrics import AnswerAccuracy, AnswerRate, parse_answers
@@ -238,8 +240,8 @@ def measure(args: argparse.Namespace, log=print) -> dict[str, Any]:
     validate_vs_plain = [rd["runs"]["sftl_validate"]["seconds"] / rd["runs"]["hf_generate"]["seconds"] for rd in rounds]
     last = rounds[-1]["runs"]
     same = [q for q in bench.questions if _same(last["sftl_generate"]["preds"].get(q), last["hf_generate"]["preds"].get(q))]
-    merged = [q for q in bench.questions if _same(last["sftl_generate"]["preds"].get(q), last["sftl_generate_merged"]["preds"].get(q))]
-    ours_merged_vs_plain = [rd["runs"]["sftl_generate_merged"]["seconds"] / rd["runs"]["hf_generate"]["seconds"] for rd in rounds]
+    merged = [q for q in bench.questions if _same(last["sftl_generate"]["preds"].get(q), last["sftl_generate_unmerged"]["preds"].get(q))]
+    unmerged_over_merged = [rd["runs"]["sftl_generate_unmerged"]["seconds"] / rd["runs"]["sftl_generate"]["seconds"] for rd in rounds]
     for rd in rounds:  # the per-question predictions were only needed for the agreement checks
         for run in rd["runs"].values():
             run.pop("preds", None)
@@ -255,7 +257,7 @@ def measure(args: argparse.Namespace, log=print) -> dict[str, Any]:
             "variants": {
                 "sftl_validate": "Trainer.validate: val loss forward + greedy_generate + parse + metrics (batches sorted by prompt length)",
                 "sftl_generate": "SFTModule.generate_texts + parse + metrics over the validation batches (no loss forward)",
-                "sftl_generate_merged": "prototype: sftl_generate with the LoRA update folded into the weights (benchmarks/prototypes.py)",
+                "sftl_generate_unmerged": "sftl_generate with merge_lora_for_generation off (LoRA branches at every step)",
                 "hf_generate": "tokenise (left padding) + model.generate(do_sample=False) + decode + parse + metrics, dataset order",
             },
         },
@@ -267,8 +269,8 @@ def measure(args: argparse.Namespace, log=print) -> dict[str, Any]:
         and statistics.median(ours_vs_plain) <= 1.0,
         "target": f"generate + score < {TARGET_S:.0f} s per 1000 questions and no slower than the plain loop",
         "prediction_agreement": len(same) / len(bench.questions),
-        "ratio_sftl_generate_merged_over_hf": spread(ours_merged_vs_plain),
-        "prediction_agreement_merged_vs_sftl_generate": len(merged) / len(bench.questions),
+        "ratio_unmerged_over_merged": spread(unmerged_over_merged),
+        "prediction_agreement_merged_vs_unmerged": len(merged) / len(bench.questions),
         "decode_steps_per_batch": {name: last[name]["decode_steps_per_batch"] for name in ("sftl_generate", "hf_generate")},
         "peak_rss_mb": peak,
         "busy_runs": [f"round {rd['round']} {n}" for rd in rounds for n, run in rd["runs"].items() if run["cpu_utilisation"] < BUSY_BELOW],
@@ -277,7 +279,7 @@ def measure(args: argparse.Namespace, log=print) -> dict[str, Any]:
     }
 
 
-def _same(a: Optional[float], b: Optional[float]) -> bool:
+def _same(a: float | None, b: float | None) -> bool:
     if a is None or b is None:
         return False
     if a != a and b != b:  # both NaN: neither parsed
@@ -304,7 +306,7 @@ def print_table(result: dict[str, Any], log=print) -> None:
     )
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from benchmarks.train_throughput import add_common_arguments
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)

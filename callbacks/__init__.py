@@ -1,5 +1,5 @@
 """Reusable Lightning callbacks (torch + lightning only)."""
 
-from .gradient_health import GradientHealth, NonFiniteTrainingError
+from .gradient_health import GradientHealth, GradientHealthConfigError, NonFiniteTrainingError
 
-__all__ = ["GradientHealth", "NonFiniteTrainingError"]
+__all__ = ["GradientHealth", "GradientHealthConfigError", "NonFiniteTrainingError"]

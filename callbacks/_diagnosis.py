@@ -11,7 +11,6 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional
 
 # --- diagnosis lines (stable strings: tests and log scrapers match on them) -------------------------------
 D_PARAMS_BEFORE = "parameters already non-finite before this step"
@@ -104,7 +103,7 @@ class Verdict(str, Enum):
 @dataclass(frozen=True)
 class Decision:
     verdict: Verdict
-    diagnosis: Optional[str] = None
+    diagnosis: str | None = None
     # the weights in memory are already non-finite: dropping this update cannot repair them
     params_poisoned: bool = False
     # only aborting helps (the scaler has been skipping already; one more skip changes nothing)
@@ -121,7 +120,7 @@ class ScalerTracker:
 
     history: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=256))
     consecutive: int = 0
-    run_start_scale: Optional[float] = None  # scale at the first step of the current back-off run
+    run_start_scale: float | None = None  # scale at the first step of the current back-off run
     total_skipped: int = 0
 
     def record(self, step: int, scale: float, skipped: bool) -> None:
@@ -148,7 +147,7 @@ def decide(
     flags: StepFlags,
     *,
     step: int,
-    loss_scale: Optional[float],
+    loss_scale: float | None,
     tracker: ScalerTracker,
     max_consecutive_skipped: int,
     min_loss_scale: float,

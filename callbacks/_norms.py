@@ -7,7 +7,6 @@ sync, so every caller gets the same grouping, fp32 accumulation and ordering rul
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -18,7 +17,7 @@ _ACCUMULATE_IN_FP32 = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @torch.no_grad()  # no graph, so parameters need no per-tensor .detach() (which costs ~1 us each)
-def per_tensor_norms(tensors: Sequence[Optional[Tensor]], out_device: torch.device) -> tuple[Tensor, list[int]]:
+def per_tensor_norms(tensors: Sequence[Tensor | None], out_device: torch.device) -> tuple[Tensor, list[int]]:
     """Return the L2 norm of every non-``None`` tensor as one fp32 vector on ``out_device``.
 
     The vector is ordered by (device, dtype) group, not by input position, so no index tensor has to be
@@ -55,7 +54,7 @@ def _dense(t: Tensor) -> Tensor:
     return t.coalesce().values() if t.is_sparse else t
 
 
-def versions(tensors: Sequence[Tensor]) -> Optional[list[int]]:
+def versions(tensors: Sequence[Tensor]) -> list[int] | None:
     """In-place modification counters: equal lists mean no tensor was written in place in between.
 
     ``None`` where a counter cannot be read (inference tensors): callers must then assume a change. Writes through

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,7 +22,7 @@ class Snapshot:
     step: int
     params: list[Tensor]
     # per parameter: its optimiser state (``None`` = the optimiser had no state for it yet)
-    opt_state: list[Optional[dict[str, Any]]]
+    opt_state: list[dict[str, Any] | None]
 
 
 @torch.no_grad()
@@ -30,8 +30,8 @@ def take(
     params: Sequence[Tensor],
     optimizer: Optimizer,
     step: int,
-    device: Optional[torch.device] = None,
-    reuse: Optional[Snapshot] = None,
+    device: torch.device | None = None,
+    reuse: Snapshot | None = None,
 ) -> Snapshot:
     """Copy ``params`` and their optimiser state. ``reuse``'s buffers are overwritten in place when shapes match,
     so snapshotting every step does not allocate every step."""
@@ -39,7 +39,7 @@ def take(
         saved = [_copy_into(buf, p, device) for buf, p in zip(reuse.params, params)]
     else:
         saved = [_clone(p, device) for p in params]
-    states: list[Optional[dict[str, Any]]] = []
+    states: list[dict[str, Any] | None] = []
     for i, p in enumerate(params):
         state = optimizer.state.get(p)
         if not state:
@@ -76,17 +76,17 @@ def restore(snapshot: Snapshot, params: Sequence[Tensor], optimizer: Optimizer) 
         optimizer.state[p] = restored
 
 
-def _clone(t: Tensor, device: Optional[torch.device]) -> Tensor:
+def _clone(t: Tensor, device: torch.device | None) -> Tensor:
     return t.detach().to(device or t.device, copy=True)
 
 
-def _copy_into(buf: Tensor, src: Tensor, device: Optional[torch.device]) -> Tensor:
+def _copy_into(buf: Tensor, src: Tensor, device: torch.device | None) -> Tensor:
     if buf.shape == src.shape and buf.dtype == src.dtype and buf.device == (device or src.device):
         return buf.copy_(src.detach())
     return _clone(src, device)
 
 
-def _copy_state_value(value: Any, old: Any, device: Optional[torch.device]) -> Any:
+def _copy_state_value(value: Any, old: Any, device: torch.device | None) -> Any:
     if isinstance(value, Tensor):
         # scalar state (e.g. Adam's "step" on CPU) stays where the optimiser keeps it
         target = device if value.dim() > 0 else value.device

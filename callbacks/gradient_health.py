@@ -35,16 +35,15 @@ import weakref
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
-
-import torch
-from torch import Tensor
-from torch.optim import Optimizer
+from typing import Any, Literal
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor
+from torch.optim import Optimizer
 
 from . import _diagnosis as dx
 from ._norms import per_tensor_norms, total_norm, versions
@@ -66,10 +65,17 @@ KEY_SCALER_SKIPPED = "grad_health/scaler_skipped_steps"
 KEY_MODULE_PREFIX = "grad_health/grad_norm/"
 
 
+class GradientHealthConfigError(ValueError):
+    """An argument of :class:`GradientHealth` is invalid (raised by its constructor; names the argument)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"GradientHealth: {message}")
+
+
 class NonFiniteTrainingError(RuntimeError):
     """Raised by :class:`GradientHealth` - on every rank, at the same step - when it aborts a run."""
 
-    def __init__(self, message: str, *, diagnosis: str, global_step: int, report_path: Optional[str]) -> None:
+    def __init__(self, message: str, *, diagnosis: str, global_step: int, report_path: str | None) -> None:
         super().__init__(message)
         self.diagnosis = diagnosis
         self.global_step = global_step
@@ -129,40 +135,40 @@ class GradientHealth(Callback):
         min_loss_scale: float = 1e-4,
         skip_budget: int = 10,
         log_per_module_topk: int = 0,
-        label_key: Optional[str] = "labels",
+        label_key: str | None = "labels",
         ignore_index: int = -100,
-        report_dir: Optional[str] = None,
+        report_dir: str | None = None,
         snapshot_every_n_steps: int = 1,
-        snapshot_device: Optional[str] = None,
+        snapshot_device: str | None = None,
         warn_on_setup: bool = True,
         prog_bar: bool = True,
     ) -> None:
         super().__init__()
         if on_nonfinite not in _ACTIONS:
-            raise ValueError(f"`on_nonfinite` must be one of {_ACTIONS}, got {on_nonfinite!r}.")
+            raise GradientHealthConfigError(f"`on_nonfinite` must be one of {_ACTIONS}, got {on_nonfinite!r}.")
         _check_int("max_consecutive_skipped", max_consecutive_skipped, minimum=0)
         if isinstance(min_loss_scale, bool) or not isinstance(min_loss_scale, (int, float)):
-            raise ValueError(f"`min_loss_scale` must be a number, got {min_loss_scale!r}.")
+            raise GradientHealthConfigError(f"`min_loss_scale` must be a number, got {min_loss_scale!r}.")
         if not (math.isfinite(min_loss_scale) and min_loss_scale >= 0):
-            raise ValueError(f"`min_loss_scale` must be finite and >= 0, got {min_loss_scale!r}.")
+            raise GradientHealthConfigError(f"`min_loss_scale` must be finite and >= 0, got {min_loss_scale!r}.")
         _check_int("skip_budget", skip_budget, minimum=0)
         _check_int("log_per_module_topk", log_per_module_topk, minimum=0)
         if label_key is not None and (not isinstance(label_key, str) or not label_key):
-            raise ValueError(f"`label_key` must be a non-empty string or None, got {label_key!r}.")
+            raise GradientHealthConfigError(f"`label_key` must be a non-empty string or None, got {label_key!r}.")
         _check_int("ignore_index", ignore_index, minimum=None)
         if report_dir is not None and (not isinstance(report_dir, str) or not report_dir):
-            raise ValueError(f"`report_dir` must be a non-empty string or None, got {report_dir!r}.")
+            raise GradientHealthConfigError(f"`report_dir` must be a non-empty string or None, got {report_dir!r}.")
         _check_int("snapshot_every_n_steps", snapshot_every_n_steps, minimum=1)
-        self._snapshot_device: Optional[torch.device] = None
+        self._snapshot_device: torch.device | None = None
         if snapshot_device is not None:
             try:
                 self._snapshot_device = torch.device(snapshot_device)
             except (RuntimeError, TypeError) as err:
-                raise ValueError(f"`snapshot_device` is not a valid torch device: {snapshot_device!r}.") from err
+                raise GradientHealthConfigError(f"`snapshot_device` is not a valid torch device: {snapshot_device!r}.") from err
         if not isinstance(warn_on_setup, bool):
-            raise ValueError(f"`warn_on_setup` must be a bool, got {warn_on_setup!r}.")
+            raise GradientHealthConfigError(f"`warn_on_setup` must be a bool, got {warn_on_setup!r}.")
         if not isinstance(prog_bar, bool):
-            raise ValueError(f"`prog_bar` must be a bool, got {prog_bar!r}.")
+            raise GradientHealthConfigError(f"`prog_bar` must be a bool, got {prog_bar!r}.")
 
         self.on_nonfinite = on_nonfinite
         self.max_consecutive_skipped = max_consecutive_skipped
@@ -185,18 +191,18 @@ class GradientHealth(Callback):
         self._scaler = dx.ScalerTracker()
         # run state (not checkpointed)
         self._trips: list[dict[str, Any]] = []
-        self._report_dir: Optional[str] = None
+        self._report_dir: str | None = None
         self._trainables: dict[int, _Trainable] = {}
         self._snapshots: dict[int, Snapshot] = {}
-        self._pending_restore: Optional[tuple[Optimizer, _Trainable, Snapshot]] = None
-        self._post_check: Optional[_Trainable] = None
-        self._params_after: Optional[Tensor] = None  # device flag: weights non-finite after the last update
+        self._pending_restore: tuple[Optimizer, _Trainable, Snapshot] | None = None
+        self._post_check: _Trainable | None = None
+        self._params_after: Tensor | None = None  # device flag: weights non-finite after the last update
         # (id of the _Trainable, version counters) of the weights that flag covers: while they are unchanged, the
         # pre-step weight pass would re-measure the very same tensors, so it is skipped
-        self._checked_versions: Optional[tuple[int, list[int]]] = None
+        self._checked_versions: tuple[int, list[int]] | None = None
         self._poisoned = False  # we aborted with non-finite weights in memory
-        self._guard_handle: Optional[torch.utils.hooks.RemovableHandle] = None
-        self._trainer_ref: Optional[weakref.ReferenceType[pl.Trainer]] = None
+        self._guard_handle: torch.utils.hooks.RemovableHandle | None = None
+        self._trainer_ref: weakref.ReferenceType[pl.Trainer] | None = None
         self._label_warned = False
         self._batch_idx = -1
         self._norm_history: deque[tuple[int, float]] = deque(maxlen=_NORM_HISTORY)
@@ -315,7 +321,7 @@ class GradientHealth(Callback):
         trainable = self._trainable(optimizer, pl_module)
         device = trainable.params[0].device if trainable.params else pl_module.device
         scaler = _active_scaler(trainer)
-        scale_t: Optional[Tensor] = getattr(scaler, "_scale", None) if scaler is not None else None
+        scale_t: Tensor | None = getattr(scaler, "_scale", None) if scaler is not None else None
 
         grad_norms, grad_order = per_tensor_norms([p.grad for p in trainable.params], device)
         if scale_t is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
@@ -455,7 +461,7 @@ class GradientHealth(Callback):
     def _trip(
         self,
         trainer: pl.Trainer,
-        optimizer: Optional[Optimizer],
+        optimizer: Optimizer | None,
         decision: dx.Decision,
         context: dict[str, Any],
         where: str,
@@ -492,7 +498,7 @@ class GradientHealth(Callback):
                 self._rolled_back_steps += 1
         record = self._record(trainer, optimizer, decision, context, action, reason, message, where)
         self._trips.append(record)
-        written: Optional[str] = None
+        written: str | None = None
         try:
             written = str(append_trip(path, record))
         except OSError as err:  # a full disk must not hide the real problem
@@ -543,11 +549,11 @@ class GradientHealth(Callback):
     def _record(
         self,
         trainer: pl.Trainer,
-        optimizer: Optional[Optimizer],
+        optimizer: Optimizer | None,
         decision: dx.Decision,
         context: dict[str, Any],
         action: str,
-        reason: Optional[str],
+        reason: str | None,
         message: str,
         where: str,
     ) -> dict[str, Any]:
@@ -604,7 +610,7 @@ class GradientHealth(Callback):
         self._trainables[id(optimizer)] = trainable
         return trainable
 
-    def _decide(self, flags: dx.StepFlags, step: int, loss_scale: Optional[float]) -> dx.Decision:
+    def _decide(self, flags: dx.StepFlags, step: int, loss_scale: float | None) -> dx.Decision:
         return dx.decide(
             flags,
             step=step,
@@ -638,7 +644,7 @@ class GradientHealth(Callback):
             )
 
     @staticmethod
-    def _optimizer_by_id(trainer: pl.Trainer, key: int) -> Optional[Optimizer]:
+    def _optimizer_by_id(trainer: pl.Trainer, key: int) -> Optimizer | None:
         for opt in trainer.optimizers:
             if id(opt) == key:
                 return opt
@@ -659,7 +665,7 @@ class GradientHealth(Callback):
                 if math.isfinite(value) and value > self._interval_modules.get(module, -1.0):
                     self._interval_modules[module] = value
 
-    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss_scale: Optional[float]) -> None:
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss_scale: float | None) -> None:
         if not _should_log(trainer):
             return
         if self._interval_max is not None:
@@ -692,16 +698,16 @@ class GradientHealth(Callback):
         self._reset_interval()
 
     def _reset_interval(self) -> None:
-        self._interval_max: Optional[float] = None
+        self._interval_max: float | None = None
         self._interval_nonfinite = False
         self._interval_modules: dict[str, float] = {}
 
     def _reset_step(self) -> None:
-        self._loss_sum: Optional[Tensor] = None
+        self._loss_sum: Tensor | None = None
         self._loss_count = 0
-        self._loss_nan: Optional[Tensor] = None
-        self._loss_inf: Optional[Tensor] = None
-        self._empty: Optional[Tensor] = None
+        self._loss_nan: Tensor | None = None
+        self._loss_inf: Tensor | None = None
+        self._empty: Tensor | None = None
         self._params_after = None
 
     def _warn_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -722,11 +728,11 @@ class GradientHealth(Callback):
 
 
 # ---------------------------------------------------------------------- module-level helpers
-def _check_int(name: str, value: Any, minimum: Optional[int]) -> None:
+def _check_int(name: str, value: Any, minimum: int | None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"`{name}` must be an int, got {value!r}.")
+        raise GradientHealthConfigError(f"`{name}` must be an int, got {value!r}.")
     if minimum is not None and value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {value!r}.")
+        raise GradientHealthConfigError(f"`{name}` must be >= {minimum}, got {value!r}.")
 
 
 def _find(batch: Any, key: str) -> Any:
@@ -735,7 +741,7 @@ def _find(batch: Any, key: str) -> Any:
     return getattr(batch, key, None)
 
 
-def _flag(value: Optional[Tensor], device: torch.device) -> Tensor:
+def _flag(value: Tensor | None, device: torch.device) -> Tensor:
     if value is None:
         return torch.zeros((), dtype=torch.bool, device=device)
     return value.to(device).reshape(())
@@ -770,7 +776,7 @@ def _is_torch_optimizer(optimizer: Optimizer) -> bool:
     return type(optimizer).__module__.startswith("torch.optim")
 
 
-def _learning_rates(optimizer: Optional[Optimizer]) -> list[float]:
+def _learning_rates(optimizer: Optimizer | None) -> list[float]:
     if optimizer is None:
         return []
     return [float(group["lr"]) for group in optimizer.param_groups if "lr" in group]

@@ -25,10 +25,12 @@ from typing import Any
 
 import torch
 
+from sft_lightning.checkpoint_io import read_checkpoint
 from sft_lightning.models import ModelLoadError
 from sft_lightning.module import SFTModule
 from sft_lightning.predict import Prediction, left_pad, make_predictions
 from sft_lightning.prompt import format_prompt
+from sft_lightning.records import DataError
 from sft_lightning.run_files import read_run_config
 
 _SOURCE_HINT = "an adapter directory (runs/<name>/version_N/adapter), a .ckpt file or a run directory (runs/<name>/version_N)"
@@ -145,6 +147,8 @@ def answer_questions(
     for start in range(0, len(questions), batch_size):
         chunk = list(questions[start : start + batch_size])
         ids = tokenizer([format_prompt(q) for q in chunk], add_special_tokens=False)["input_ids"]
+        for offset, row in enumerate(ids):
+            _check_fits(module, len(row), start + offset, chunk[offset])
         prompt_ids, prompt_mask = left_pad(ids, tokenizer.pad_token_id)
         with torch.inference_mode(), autocast_for(precision, device):
             texts = module.generate_texts(prompt_ids.to(device), prompt_mask.to(device))
@@ -154,14 +158,8 @@ def answer_questions(
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated or foreign file: pickle, zip and torch errors alike
-        raise ModelLoadError(
-            f"could not read checkpoint {path}: {exc.__class__.__name__}: {exc}. Fix: pass a .ckpt written by "
-            "`sft-lightning fit` (checkpoints/last.ckpt), or the run's adapter directory."
-        ) from None
-    if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
+    checkpoint = read_checkpoint(path)
+    if "hyper_parameters" not in checkpoint:
         raise ModelLoadError(
             f"{path} is not an sft-lightning checkpoint (no hyper_parameters/state_dict). "
             "Fix: pass checkpoints/last.ckpt of a `sft-lightning fit` run."
@@ -190,3 +188,16 @@ def _adapter_hparams(source: TrainedSource) -> dict[str, Any]:
     except (OSError, ValueError):
         base = None
     return {"model": base} if base and Path(base).is_dir() else {}
+
+
+def _check_fits(module: SFTModule, n_tokens: int, index: int, question: str) -> None:
+    """A question plus its answer must fit the model's context window: beyond it a model does not
+    answer, it produces whatever its untrained positions give."""
+    config = getattr(module.model, "config", None)
+    window = getattr(config, "max_position_embeddings", None)
+    if window and n_tokens + module.hparams.max_new_tokens > window:
+        raise DataError(
+            f"question {index} is {n_tokens} tokens long; with {module.hparams.max_new_tokens} tokens for the answer "
+            f"that exceeds the model's context window of {window} tokens. Question starts: {question[:60]!r}. "
+            "Fix: ask a shorter question."
+        )

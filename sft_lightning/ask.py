@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
 
 import torch
@@ -44,12 +45,25 @@ def main(argv: Sequence[str], stream: TextIO | None = None) -> None:
         raise DataError("ask got an empty question. Fix: pass the question in quotes, e.g. \"How many feet are in 3 m?\".")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise DataError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}.")
+    _check_device(args.device)
+    if args.cache_dir is not None and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
+        raise DataError(f"--cache-dir {args.cache_dir} is not a directory. Fix: pass a directory (it is created if missing).")
     kind, path = next((k, p) for k, p in (("adapter", args.adapter), ("checkpoint", args.checkpoint), ("run", args.run)) if p)
     source = find_trained(path, kind)
     print(f"[sft-lightning] answering with the {source.kind} {source.path}", file=sys.stderr, flush=True)
     module = load_trained(source, args.model, args.cache_dir, args.max_new_tokens, args.device)
     rows = answer_questions(module, questions, precision=run_precision(source))
     print_answers(rows, stream or sys.stdout)
+
+
+def _check_device(device: str) -> None:
+    """``--device`` must name a torch device this machine has."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise DataError(f"--device {device!r} is not a torch device. Fix: use cpu or cuda (cuda:N).") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"--device {device}: this machine has no CUDA device. Fix: use --device cpu.")
 
 
 def print_answers(rows: Sequence[Prediction], stream: TextIO) -> None:

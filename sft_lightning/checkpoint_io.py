@@ -5,8 +5,8 @@ memory, writes a ``tempfile.mkstemp()`` file in the *system* temp directory and 
 ``shutil.move``. That is atomic only when the temp directory and the run directory share a
 filesystem: otherwise (``/tmp`` on tmpfs, a mounted volume) the move falls back to copying
 into the final path, and an interruption leaves a truncated checkpoint there. Nothing is
-fsynced either, so a crash can leave an empty file after the rename. Writing a sibling
-``<name>.tmp-<pid>``, fsyncing it and ``os.replace``-ing it avoids all three.
+fsynced either, so a crash can leave an empty file after the rename. ``sft_lightning.atomic``
+(a fsynced sibling, ``os.replace``, a fsynced directory) avoids all three.
 """
 
 from __future__ import annotations
@@ -23,36 +23,33 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from sft_lightning.atomic import atomic_file
+from sft_lightning.models import ModelLoadError
+
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` that leaves either the old file or the complete new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # KeyboardInterrupt/SystemExit too: never leave the temp file behind
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_file(path, "wb") as f:
+        torch.save(obj, f)
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (a no-op where directories cannot be opened, e.g. Windows)."""
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint file's contents; a missing, damaged or foreign file is a ModelLoadError that says so."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"checkpoint not found: {path}. Fix: pass checkpoints/last.ckpt of a `sft-lightning fit` run (or 'last').")
     try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file: pickle, zip and torch errors alike
+        raise ModelLoadError(
+            f"could not read checkpoint {path}: {exc.__class__.__name__}: {exc}. The file is damaged or not a checkpoint. "
+            "Fix: pass a .ckpt written by `sft-lightning fit` (checkpoints/last.ckpt), or the run's adapter directory."
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ModelLoadError(
+            f"{path} is not a Lightning checkpoint (no state_dict). Fix: pass checkpoints/last.ckpt of a `sft-lightning fit` run."
+        )
+    return checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -15,23 +15,32 @@ with 128 + the signal number; ``fit --ckpt_path last`` then continues exactly wh
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from sft_lightning.checkpoint_io import AtomicCheckpointIO, find_last_checkpoint
-from sft_lightning.data import SFTDataModule
+from sft_lightning.budget import TimeBudget, find_time_budget
+from sft_lightning.checkpoint_io import AtomicCheckpointIO, find_last_checkpoint, read_checkpoint
+from sft_lightning.data import UNSEEN_VAL_SET, SFTDataModule
+from sft_lightning.errors import ConfigError
 from sft_lightning.interrupts import SigintAsSigterm
+from sft_lightning.metrics import MAIN_VAL_SET
 from sft_lightning.models import ModelLoadError
 from sft_lightning.module import SFTModule
 from sft_lightning.predict import PredictionWriter
+from sft_lightning.progress import ProgressLines
 from sft_lightning.records import DataError
 from sft_lightning.run_files import RunDirError
 
@@ -42,11 +51,16 @@ class LoggerUnavailableError(RuntimeError):
     """The configured logger needs a package that is not installed."""
 
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (DataError, ModelLoadError, RunDirError, LoggerUnavailableError)
-try:  # the callback package is optional for the CLI to start, required for its error type
-    from callbacks import NonFiniteTrainingError
+# What a user can cause: bad data, a model that cannot load, a value out of range (ours, Lightning's own
+# MisconfigurationException for Trainer and callback arguments), a run stopped by GradientHealth. Anything
+# else is unexpected and keeps its traceback.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    DataError, ModelLoadError, RunDirError, LoggerUnavailableError, ConfigError, MisconfigurationException,
+)
+try:  # the callback package is optional for the CLI to start, required for its error types
+    from callbacks import GradientHealthConfigError, NonFiniteTrainingError
 
-    EXPECTED_ERRORS += (NonFiniteTrainingError,)
+    EXPECTED_ERRORS += (GradientHealthConfigError, NonFiniteTrainingError)
 except ImportError:  # pragma: no cover
     pass
 
@@ -56,6 +70,11 @@ class SFTLightningCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except Exception as exc:
+            # A constructor's own error about its arguments arrives wrapped in jsonargparse's ValueErrors
+            # (for class_path values such as callbacks): report the original, not the wrapper.
+            expected = next((e for e in _causes(exc) if isinstance(e, EXPECTED_ERRORS)), None)
+            if expected is not None and expected is not exc:
+                raise expected from None
             # TensorBoardLogger without tensorboard: Lightning's ModuleNotFoundError arrives wrapped
             # in jsonargparse's ValueErrors, whose text is a page about Union subtypes.
             if not any(isinstance(e, ModuleNotFoundError) and "tensorboard" in str(e).lower() for e in _causes(exc)):
@@ -70,6 +89,10 @@ class SFTLightningCLI(LightningCLI):
         """Say which settings a checkpoint overrides. LightningCLI replaces the parsed ``model.*`` settings with
         the checkpoint's hyper-parameters (its weights only fit those), silently: ``validate --ckpt_path X
         --model.lora_r 8`` would run with X's rank and never mention the 8."""
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not str(ckpt).startswith(("registry:", "hpc:")):
+            read_checkpoint(ckpt)  # missing, damaged or foreign: one error line now, not torch.load's traceback
         before = _model_settings(self.config)
         super()._parse_ckpt_path()
         after = _model_settings(self.config)
@@ -85,7 +108,12 @@ class SFTLightningCLI(LightningCLI):
             )
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        terminal = sys.stderr.isatty()
+        if not terminal:  # a log file or CI: a redrawn bar is one huge line there; print progress lines instead
+            kwargs["enable_progress_bar"] = False
         trainer = super().instantiate_trainer(**kwargs)
+        if not terminal and not any(isinstance(cb, ProgressLines) for cb in trainer.callbacks):
+            trainer.callbacks.append(ProgressLines())
         # Every run writes checkpoints atomically, unless the user configured their own CheckpointIO.
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
@@ -105,6 +133,7 @@ class SFTLightningCLI(LightningCLI):
         with SigintAsSigterm() as sigint:
             try:
                 self.trainer.fit(model, datamodule=datamodule, **kwargs)
+                _save_final_state(self.trainer)
             except SIGTERMException:  # a SystemExit whose code is 0: make it a failure
                 signum = signal.SIGINT if sigint.received else signal.SIGTERM
                 callback = self.trainer.checkpoint_callback
@@ -121,6 +150,8 @@ class SFTLightningCLI(LightningCLI):
         # One model name drives both the weights and the tokenizer, so they cannot disagree.
         parser.link_arguments("model.model", "data.tokenizer")
         parser.link_arguments("model.cache_dir", "data.cache_dir")
+        # --budget.minutes N: a wall-clock budget for fit (sft_lightning.budget); null (the default) for none
+        parser.add_lightning_class_args(TimeBudget, "budget")
 
     def after_fit(self) -> None:
         self._print_summary("fit")
@@ -132,13 +163,15 @@ class SFTLightningCLI(LightningCLI):
         trainer = self.trainer
         if not trainer.is_global_zero:
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        sets = getattr(self.datamodule, "val_sets", {MAIN_VAL_SET: getattr(self.datamodule, "val_records", [])})
         lines = [f"==== sft-lightning {stage} summary ===="]
-        for key in ("val/accuracy", "val/answer_rate", "val/loss"):
-            if key in metrics:
-                lines.append(f"{key:<16} {metrics[key]:.4f}")
-        n_val = len(getattr(self.datamodule, "val_records", []))
-        lines.append(f"{'val questions':<16} {n_val}")
+        lines += _accuracy_lines(metrics, {name: len(records) for name, records in sets.items()})
+        if "val/loss" in metrics:
+            lines.append(f"{'val/loss':<16} {metrics['val/loss']:.4f}")
+        budget = find_time_budget(trainer)
+        if stage == "fit" and budget is not None:
+            lines += budget.summary_lines()
         if stage == "fit":
             lines.append(f"{'adapter':<16} {self.model.export_dir}")
             best = getattr(trainer.checkpoint_callback, "last_model_path", "") if trainer.checkpoint_callback else ""
@@ -147,6 +180,33 @@ class SFTLightningCLI(LightningCLI):
         if trainer.log_dir:
             lines.append(f"{'run directory':<16} {Path(trainer.log_dir)}")
         print("\n".join(lines), flush=True)
+
+
+def _accuracy_lines(metrics: dict[str, float], sizes: dict[str, int]) -> list[str]:
+    """One line per validation set (accuracy, answer rate, size), and the generated sets together."""
+    lines = []
+    for name, size in sizes.items():
+        if f"{name}/accuracy" in metrics:
+            accuracy, rate = metrics[f"{name}/accuracy"], metrics.get(f"{name}/answer_rate", float("nan"))
+            lines.append(f"{name + '/accuracy':<22} {accuracy:.4f}   answer rate {rate:.4f}   {size} questions")
+    generated = [name for name in (MAIN_VAL_SET, UNSEEN_VAL_SET) if f"{name}/accuracy" in metrics and sizes.get(name)]
+    if len(generated) == 2:
+        total = sum(sizes[name] for name in generated)
+        accuracy = sum(metrics[f"{name}/accuracy"] * sizes[name] for name in generated) / total
+        lines.append(f"{'generated, all':<22} {accuracy:.4f}   ({' + '.join(generated)}, {total} questions)")
+    return lines
+
+
+def _save_final_state(trainer: L.Trainer) -> None:
+    """Make ``last.ckpt`` hold the final step. ModelCheckpoint writes it every N steps and, with
+    ``save_top_k: 0``, not when a run stops mid-epoch (a TimeBudget's end), so it would lag the
+    exported adapter by up to N - 1 steps."""
+    callback = trainer.checkpoint_callback
+    if not isinstance(callback, ModelCheckpoint) or not callback.save_last or trainer.interrupted:
+        return
+    path = callback.last_model_path or callback.format_checkpoint_name({}, callback.CHECKPOINT_NAME_LAST)
+    trainer.save_checkpoint(path)
+    callback.last_model_path = path
 
 
 def _model_settings(config: Any) -> dict[str, Any]:
@@ -181,7 +241,39 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SFTLightningCL
     )
 
 
+def quiet_dependencies() -> None:
+    """Hide the dependencies' deprecation notices and tips that bury the progress output of a run.
+
+    Called by the CLI only (library users keep Python's warning settings); warnings raised by
+    sft_lightning and callbacks are kept.
+    """
+    for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
+        for module in ("transformers", "torch", "lightning", "pytorch_lightning", "peft", "jsonargparse", "torchmetrics"):
+            warnings.filterwarnings("ignore", category=category, module=module)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # Lightning on torch >= 2.10
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")  # data is tokenised up front
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).addFilter(_DropMessages(("litlogger", "`weights_only` was not set")))
+    with contextlib.suppress(ImportError):
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+
+
+class _DropMessages(logging.Filter):
+    """Drop log records containing any of ``fragments`` (Lightning's advertising tip, a note about its own default)."""
+
+    def __init__(self, fragments: tuple[str, ...]) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
+
+
 def main(args: list[str] | None = None) -> None:
+    quiet_dependencies()
     argv = list(sys.argv[1:] if args is None else args)
     try:
         if argv and argv[0] in PLAIN_COMMANDS:

@@ -6,18 +6,25 @@ second); tokenisation and the truncation check happen once in ``setup``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, SequentialSampler
 from transformers import PreTrainedTokenizerBase
 
 from sft_lightning.batching import EvalCollator, Example, LengthGroupedSampler, ResumableDataLoader, TrainCollator
+from sft_lightning.errors import check
+from sft_lightning.metrics import MAIN_VAL_SET
 from sft_lightning.models import EMBEDDED, load_tokenizer
 from sft_lightning.predict import PredictCollator, PromptExample
 from sft_lightning.prompt import format_answer, format_prompt
-from sft_lightning.records import DataError, QARecord, Question, holdout_split, load_questions, load_records, make_record
-from sft_lightning.unitconv import generate_splits
+from sft_lightning.records import DataError, QARecord, Question, holdout_split, load_questions, load_records
+from sft_lightning.unitconv import ConversionQuestion, generate_splits, normalize_question
+
+UNSEEN_VAL_SET = "val_unseen"
 
 
 class SFTDataModule(L.LightningDataModule):
@@ -29,6 +36,15 @@ class SFTDataModule(L.LightningDataModule):
         val_file: same formats; None holds out the last ``val_size`` records of ``train_file``
             (or generates a disjoint validation set when using the generator).
         train_size / val_size: generator set sizes (``val_size`` also sets the hold-out size).
+        unseen_val_size: questions in the generated ``val_unseen`` set, phrased only with templates and
+            unit spellings held out of training (generator only; 0: none).
+        answer_format: ``worked`` trains on generated answers written out as ``1 ft = 0.305 m;
+            6×0.305=<answer>1.83</answer>`` (see ``sft_lightning.worked``), ``bare`` on the tag alone.
+            Questions from ``train_file`` always train on the bare tag.
+        extra_val_files: more validation sets, ``{name: file}`` (same formats as ``val_file``); each
+            is scored on its own and logged as ``name/accuracy`` and ``name/answer_rate``.
+        allow_conflicting_answers: a file that asks the same question twice with different answers is
+            an error naming both records; true trains on both, with a warning.
         seed: generator seed and shuffling seed.
         families / units: restrict the generator (see ``sft_lightning.unitconv``).
         batch_size / eval_batch_size: training and validation batch sizes.
@@ -47,6 +63,10 @@ class SFTDataModule(L.LightningDataModule):
         val_file: str | None = None,
         train_size: int = 2000,
         val_size: int = 200,
+        unseen_val_size: int = 0,
+        answer_format: Literal["worked", "bare"] = "worked",
+        extra_val_files: dict[str, str] | None = None,
+        allow_conflicting_answers: bool = False,
         seed: int = 1234,
         families: list[str] | None = None,
         units: dict[str, list[str]] | None = None,
@@ -60,45 +80,77 @@ class SFTDataModule(L.LightningDataModule):
         predict_file: str | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size), ("max_length", max_length)):
-            if value < 1:
-                raise DataError(f"data.{name} must be >= 1, got {value}")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            check(value >= 1, f"data.{name}", value, ">= 1")
+        check(max_length >= 2, "data.max_length", max_length, ">= 2 tokens", "use e.g. 128")
+        check(1 <= significant_digits <= 15, "data.significant_digits", significant_digits, "in [1, 15]", "use 3 or 4")
+        check(unseen_val_size >= 0, "data.unseen_val_size", unseen_val_size, ">= 0")
+        check(num_workers >= 0, "data.num_workers", num_workers, ">= 0")
+        if train_file is None:
+            check(train_size >= 1, "data.train_size", train_size, ">= 1")
+            check(val_size >= 1, "data.val_size", val_size, ">= 1")
         self.save_hyperparameters()
-        self.train_records, self.val_records = self._read_records(
-            train_file, val_file, train_size, val_size, seed, families, units
+        self.train_records, self.val_sets = self._read_records(
+            train_file, val_file, train_size, val_size, unseen_val_size, seed, families, units
         )
+        for name, path in (extra_val_files or {}).items():
+            self.val_sets[_checked_set_name(name, self.val_sets)] = self._load(path)
+        if train_file is None:
+            # decontaminate: a generated question that a validation set also asks (short ones like
+            # "1 TB to GB" are written the same way by anyone) would score memory, not skill
+            self.train_records = _without_questions_in(self.train_records, self.val_sets.values())
         # Read now, like the training data: a bad questions file fails before any model loads.
         self.predict_questions: list[Question] = load_questions(predict_file) if predict_file else []
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_examples: list[Example] = []
-        self.val_examples: list[Example] = []
+        self.val_examples: dict[str, list[Example]] = {}
         self.predict_examples: list[PromptExample] = []
 
-    @staticmethod
+    @property
+    def val_records(self) -> list[QARecord]:
+        """The main validation set (``val``)."""
+        return self.val_sets[MAIN_VAL_SET]
+
+    @property
+    def val_set_names(self) -> list[str]:
+        """Names of the validation sets, in the order of ``val_dataloader``'s loaders."""
+        return list(self.val_sets)
+
     def _read_records(
+        self,
         train_file: str | None,
         val_file: str | None,
         train_size: int,
         val_size: int,
+        unseen_val_size: int,
         seed: int,
         families: Sequence[str] | None,
         units: dict[str, list[str]] | None,
-    ) -> tuple[list[QARecord], list[QARecord]]:
+    ) -> tuple[list[QARecord], dict[str, list[QARecord]]]:
         if train_file is None:
-            if val_size < 1 or train_size < 1:
-                raise DataError(f"data.train_size and data.val_size must be >= 1, got {train_size} and {val_size}")
             try:
-                train_q, val_q = generate_splits(train_size, val_size, seed, families=families, units=units)
+                splits = generate_splits(train_size, val_size, seed, families=families, units=units, n_unseen=unseen_val_size)
             except ValueError as exc:  # unknown unit/family, or more questions than the units allow
                 raise DataError(f"generator configuration: {exc}") from None
-            train = [make_record(q.question, q.answer, "generated question") for q in train_q]
-            generated_val = [make_record(q.question, q.answer, "generated question") for q in val_q]
-            val = load_records(val_file) if val_file else generated_val
-            return train, val
-        train = load_records(train_file)
+            sets = {MAIN_VAL_SET: self._load(val_file) if val_file else self._generated(splits.val)}
+            if splits.val_unseen:
+                sets[UNSEEN_VAL_SET] = self._generated(splits.val_unseen)
+            return self._generated(splits.train), sets
+        train = self._load(train_file)
         if val_file is not None:
-            return train, load_records(val_file)
-        return holdout_split(train, val_size)
+            return train, {MAIN_VAL_SET: self._load(val_file)}
+        train, val = holdout_split(train, val_size)
+        return train, {MAIN_VAL_SET: val}
+
+    def _load(self, path: str) -> list[QARecord]:
+        return load_records(path, allow_conflicts=self.hparams.allow_conflicting_answers)
+
+    def _generated(self, questions: Sequence[ConversionQuestion]) -> list[QARecord]:
+        """Records of generated questions, with the worked target when ``answer_format`` is ``worked``."""
+        digits = self.hparams.significant_digits
+        if self.hparams.answer_format == "bare":
+            return [QARecord(q.question, q.answer) for q in questions]
+        return [QARecord(q.question, q.answer, format_answer(q.worked_value, digits, q.working)) for q in questions]
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
@@ -112,11 +164,15 @@ class SFTDataModule(L.LightningDataModule):
         self.train_examples = self._tokenize(self.train_records, hp.train_file or "generated training set")
         # Held-out validation records are the tail of train_file: number them as in the file.
         held_out = hp.train_file is not None and hp.val_file is None
-        self.val_examples = self._tokenize(
-            self.val_records,
-            hp.val_file or hp.train_file or "generated validation set",
-            first_index=len(self.train_records) if held_out else 0,
-        )
+        sources = {MAIN_VAL_SET: hp.val_file or hp.train_file, **(hp.extra_val_files or {})}
+        self.val_examples = {
+            name: self._tokenize(
+                records,
+                sources.get(name) or f"generated {name} set",
+                first_index=len(self.train_records) if held_out and name == MAIN_VAL_SET else 0,
+            )
+            for name, records in self.val_sets.items()
+        }
 
     def _tokenize(self, records: Sequence[QARecord], source: str, first_index: int = 0) -> list[Example]:
         """Tokenise all records in one batched call; reject any that would not fit ``max_length``."""
@@ -127,7 +183,7 @@ class SFTDataModule(L.LightningDataModule):
             raise DataError(f"tokenizer of '{hp.tokenizer}' has no EOS token, so answers could not end. Fix: use a model with one.")
         prompts = self.tokenizer([format_prompt(r.question) for r in records], add_special_tokens=False)["input_ids"]
         answers = self.tokenizer(
-            [format_answer(r.answer, hp.significant_digits) for r in records], add_special_tokens=False
+            [r.target or format_answer(r.answer, hp.significant_digits) for r in records], add_special_tokens=False
         )["input_ids"]
         examples = []
         for index, (record, p_ids, a_ids) in enumerate(zip(records, prompts, answers)):
@@ -155,11 +211,16 @@ class SFTDataModule(L.LightningDataModule):
             drop_last=False,
         )
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """One loader per validation set (``val_set_names`` order); a single loader when there is one set."""
         self._require_setup()
+        loaders = [self._eval_loader(examples) for examples in self.val_examples.values()]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def _eval_loader(self, examples: list[Example]) -> DataLoader:
         assert self.tokenizer is not None
         # Sorted by prompt length so generation batches pad little; order does not change metrics.
-        ordered = sorted(self.val_examples, key=lambda ex: len(ex.prompt_ids))
+        ordered = sorted(examples, key=lambda ex: len(ex.prompt_ids))
         return DataLoader(
             ordered,
             batch_size=self.hparams.eval_batch_size,
@@ -204,3 +265,24 @@ class SFTDataModule(L.LightningDataModule):
     def _require_setup(self) -> None:
         if self.tokenizer is None:
             raise RuntimeError("SFTDataModule.setup() must run before its dataloaders are requested")
+
+
+def _without_questions_in(records: list[QARecord], sets: Iterable[list[QARecord]]) -> list[QARecord]:
+    """``records`` minus those whose question (normalised: case, spacing, final punctuation) is in ``sets``."""
+    asked = {normalize_question(r.question) for records_of_set in sets for r in records_of_set}
+    kept = [r for r in records if normalize_question(r.question) not in asked]
+    if len(kept) < len(records):
+        rank_zero_info(f"generated training set: left out {len(records) - len(kept)} questions that a validation set asks too")
+    return kept
+
+
+def _checked_set_name(name: str, existing: dict[str, list[QARecord]]) -> str:
+    """A validation set name becomes a metric prefix (``name/accuracy``): a plain, new identifier."""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name):
+        raise DataError(
+            f"data.extra_val_files: set name {name!r} must start with a letter and hold only letters, digits, '_' and '-' "
+            "(it becomes the metric name NAME/accuracy). Fix: rename it."
+        )
+    if name in existing:
+        raise DataError(f"data.extra_val_files: set name {name!r} is taken (by the generated sets). Fix: choose another name.")
+    return name

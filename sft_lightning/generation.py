@@ -7,6 +7,8 @@ scoring needs: left-padded prompts, argmax, and a stop as soon as every row has 
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
@@ -24,14 +26,15 @@ def greedy_generate(
     Position ids come from the attention mask, so padding does not shift a row's positions.
     """
     body, head = causal_lm_parts(model)
+    cache_arg = _cache_argument(body)
     batch = input_ids.shape[0]
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = body(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=DynamicCache(),
         use_cache=True,
+        **{cache_arg: DynamicCache()},
     )
     next_position = position_ids[:, -1:] + 1
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
@@ -48,13 +51,19 @@ def greedy_generate(
             input_ids=token[:, None],
             attention_mask=attention_mask,
             position_ids=next_position,
-            past_key_values=out.past_key_values,
             use_cache=True,
+            **{cache_arg: getattr(out, cache_arg)},
         )
         next_position = next_position + 1
     if not new_tokens:
         return input_ids.new_empty((batch, 0))
     return torch.stack(new_tokens, dim=1)
+
+
+def _cache_argument(body: nn.Module) -> str:
+    """The KV-cache keyword of this transformers version: ``cache`` from 5.x on (``past_key_values``
+    is deprecated there and goes in 5.40), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
 
 
 def next_token(head: nn.Module, hidden: Tensor) -> Tensor:

@@ -11,7 +11,6 @@ per accumulation window), so no normalisation choice is hidden in here.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+MAIN_VAL_SET = "val"  # the validation set whose metrics are val/loss, val/accuracy, val/answer_rate
+
 _NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d*)?|\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _TAG = "<answer>"
 _VALUE_RE = re.compile(r"\s*(" + _NUMBER + r")\s*(?:</answer>|$|\s)")
@@ -113,3 +115,23 @@ def _as_pair(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 def _ratio(num: Tensor, den: Tensor) -> Tensor:
     # An empty validation set reports 0 rather than NaN so it can never pass for a good score.
     return num.double() / den if den > 0 else torch.tensor(0.0, dtype=torch.float64)
+
+
+class AnswerMetrics(torch.nn.Module):
+    """Accuracy and answer rate of one validation set, updated from the same parsed answers."""
+
+    def __init__(self, relative_tolerance: float = 0.05) -> None:
+        super().__init__()
+        self.accuracy = AnswerAccuracy(relative_tolerance=relative_tolerance)
+        self.answer_rate = AnswerRate()
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        self.accuracy.update(preds, target)
+        self.answer_rate.update(preds)
+
+    def compute(self) -> dict[str, Tensor]:
+        return {"accuracy": self.accuracy.compute(), "answer_rate": self.answer_rate.compute()}
+
+    def reset(self) -> None:
+        self.accuracy.reset()
+        self.answer_rate.reset()

@@ -17,15 +17,15 @@ import contextlib
 import hashlib
 import importlib.util
 import os
-import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from sft_lightning.atomic import atomic_directory
 
 EMBEDDED = "embedded"
 TINY_RANDOM = "tiny-random"
@@ -98,8 +98,8 @@ def cached_gguf_conversion(gguf: Path, cache_dir: str | Path | None = None) -> P
     """Directory holding the de-quantised copy of ``gguf``, converting it on first use.
 
     The cache key covers the file's path, size and mtime, so a changed file is converted again.
-    The copy is written to a temporary directory and renamed into place, so an interrupted
-    conversion never leaves a half-written cache entry behind.
+    The copy is written atomically (``sft_lightning.atomic``), so an interrupted conversion never
+    leaves a half-written cache entry behind.
     """
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
@@ -112,17 +112,9 @@ def cached_gguf_conversion(gguf: Path, cache_dir: str | Path | None = None) -> P
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     _clear_quantisation_marker(model)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(target, keep_existing=True) as tmp:  # another process may convert the same file
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process won the race: keep theirs
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -8,11 +8,14 @@ base, which is rebuilt from its source on resume.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -25,13 +28,18 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
+from sft_lightning.batching import IGNORE_INDEX
+from sft_lightning.budget import find_time_budget
 from sft_lightning.compile import compile_decoder_layers, eager
+from sft_lightning.errors import check, finite
 from sft_lightning.export import export_adapter
 from sft_lightning.generation import greedy_generate
 from sft_lightning.loss import supervised_loss_sum
-from sft_lightning.metrics import AnswerAccuracy, AnswerRate, parse_answers
+from sft_lightning.merged_lora import merged_lora_weights
+from sft_lightning.metrics import MAIN_VAL_SET, AnswerMetrics, parse_answers
 from sft_lightning.models import EMBEDDED, ModelLoadError, load_model, load_tokenizer
 from sft_lightning.predict import Prediction, make_predictions
+from sft_lightning.schedule import lr_factor
 from sft_lightning.throughput import TokenThroughput
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -58,6 +66,9 @@ class SFTModule(L.LightningModule):
         warmup_ratio / min_lr_ratio: linear warmup over this share of steps, then cosine decay
             to ``min_lr_ratio * learning_rate``.
         max_new_tokens: generation budget per validation question.
+        merge_lora_for_generation: fold the LoRA update into a temporary copy of the weights while
+            generating (``sft_lightning.merged_lora``): the same answers up to bf16 rounding, faster
+            decoding; the training weights are untouched.
         relative_tolerance: accuracy tolerance (0.05 = within 5%).
         num_logged_samples: question/expected/output rows printed after each validation.
         export_dir_name: subdirectory of the run directory the adapter is exported to.
@@ -80,15 +91,26 @@ class SFTModule(L.LightningModule):
         warmup_ratio: float = 0.05,
         min_lr_ratio: float = 0.1,
         max_new_tokens: int = 24,
+        merge_lora_for_generation: bool = True,
         relative_tolerance: float = 0.05,
         num_logged_samples: int = 5,
         export_dir_name: str = "adapter",
     ) -> None:
         super().__init__()
-        if lora_r < 1:
-            raise ValueError(f"model.lora_r must be >= 1, got {lora_r}")
-        if not 0.0 <= warmup_ratio < 1.0:
-            raise ValueError(f"model.warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        check(lora_r >= 1, "model.lora_r", lora_r, ">= 1", "use a rank such as 8 or 16")
+        check(finite(lora_alpha) and lora_alpha > 0, "model.lora_alpha", lora_alpha, "a number > 0", "use e.g. 2 x lora_r")
+        check(finite(lora_dropout) and 0 <= lora_dropout < 1, "model.lora_dropout", lora_dropout, "in [0, 1)")
+        check(target_modules is None or (len(target_modules) > 0 and all(isinstance(m, str) and m for m in target_modules)),
+              "model.target_modules", target_modules, "a non-empty list of module names (or null for all linear projections)")
+        check(finite(learning_rate) and 0 < learning_rate < 1, "model.learning_rate", learning_rate, "in (0, 1)", "use e.g. 0.002 for LoRA")
+        check(finite(weight_decay) and weight_decay >= 0, "model.weight_decay", weight_decay, ">= 0")
+        check(finite(warmup_ratio) and 0 <= warmup_ratio < 1, "model.warmup_ratio", warmup_ratio, "in [0, 1)")
+        check(finite(min_lr_ratio) and 0 <= min_lr_ratio <= 1, "model.min_lr_ratio", min_lr_ratio, "in [0, 1]")
+        check(max_new_tokens >= 1, "model.max_new_tokens", max_new_tokens, ">= 1")
+        check(finite(relative_tolerance) and relative_tolerance >= 0, "model.relative_tolerance", relative_tolerance, "a number >= 0")
+        check(num_logged_samples >= 0, "model.num_logged_samples", num_logged_samples, ">= 0")
+        check(bool(export_dir_name) and Path(export_dir_name).name == export_dir_name and export_dir_name not in (".", ".."),
+              "model.export_dir_name", export_dir_name, "a plain directory name (no path)")
         if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
             raise ModelLoadError(
                 f"adapter directory {adapter} has no adapter_config.json. Fix: pass the 'adapter' directory "
@@ -100,8 +122,8 @@ class SFTModule(L.LightningModule):
         self.model: PeftModel | None = None
         self.tokenizer = None
         self.val_loss = MeanMetric()
-        self.val_accuracy = AnswerAccuracy(relative_tolerance=relative_tolerance)
-        self.val_answer_rate = AnswerRate()
+        # one entry per validation set, created when the set is first met (sets come from the data)
+        self.val_metrics = torch.nn.ModuleDict({MAIN_VAL_SET: AnswerMetrics(relative_tolerance)})
         self._samples: list[dict[str, Any]] = []
         self._reference_tokens: Tensor | None = None
         self._window_tokens: Tensor = torch.zeros((), dtype=torch.long)
@@ -213,17 +235,26 @@ class SFTModule(L.LightningModule):
         optimizer = torch.optim.AdamW(
             params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay, fused=self._fused_adamw_ok(params)
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.hparams.warmup_ratio * total)
-        floor = self.hparams.min_lr_ratio
+        progress = self._schedule_progress()
+        warmup, floor = self.hparams.warmup_ratio, self.hparams.min_lr_ratio
+        scheduler = LambdaLR(optimizer, lambda step: lr_factor(progress(step), warmup, floor))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+    def _schedule_progress(self) -> Callable[[int], float]:
+        """How far through training a step is, in [0, 1]: the elapsed share of a ``TimeBudget`` when the
+        trainer has one (the schedule then ends when the time does), else the share of the planned steps."""
+        budget = find_time_budget(self._trainer)
+        if budget is not None:
+            return lambda step: budget.progress
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError(
+                "the learning-rate schedule needs to know when training ends, and this trainer never stops "
+                "(max_epochs -1 and no max_steps). Fix: set --trainer.max_steps or --trainer.max_epochs, or add the "
+                "sft_lightning.budget.TimeBudget callback to train for a wall-clock budget."
+            )
+        total = max(1, int(total))
+        return lambda step: step / total
 
     def _fused_adamw_ok(self, params: list[Tensor]) -> bool:
         """Fused AdamW: one kernel per step instead of a per-tensor loop (on this 2-core CPU a step's update
@@ -244,7 +275,7 @@ class SFTModule(L.LightningModule):
         return bool(params) and devices <= {"cpu", "cuda"} and all(p.dtype == torch.float32 for p in params)
 
     def configure_gradient_clipping(
-        self, optimizer: Optimizer, gradient_clip_val: Optional[Union[int, float]] = None, gradient_clip_algorithm: Optional[str] = None
+        self, optimizer: Optimizer, gradient_clip_val: int | float | None = None, gradient_clip_algorithm: str | None = None
     ) -> None:
         """Clip the fused AdamW's gradients ourselves: Lightning's mixed-precision plugin refuses to clip for any
         fused optimiser, because under a GradScaler such an optimiser unscales inside ``step()``. Fused is only
@@ -260,23 +291,35 @@ class SFTModule(L.LightningModule):
 
     # ------------------------------------------------------------------------ validation
     @eager()
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        loss_sum, n_tokens = supervised_loss_sum(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-        self.val_loss.update(loss_sum / n_tokens, weight=n_tokens)
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        name = self._val_set_name(dataloader_idx)
+        if name == MAIN_VAL_SET:
+            loss_sum, n_tokens = supervised_loss_sum(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            self.val_loss.update(loss_sum / n_tokens, weight=n_tokens)
         texts = self.generate_texts(batch["prompt_ids"], batch["prompt_mask"])
         preds = parse_answers(texts)
-        self.val_accuracy.update(preds, batch["expected"])
-        self.val_answer_rate.update(preds)
-        if len(self._samples) < self.hparams.num_logged_samples:
+        if name not in self.val_metrics:
+            self.val_metrics[name] = AnswerMetrics(self.hparams.relative_tolerance).to(self.device)
+        self.val_metrics[name].update(preds, batch["expected"])
+        if name == MAIN_VAL_SET and len(self._samples) < self.hparams.num_logged_samples:
             for question, expected, text, pred in zip(batch["questions"], batch["expected"].tolist(), texts, preds.tolist()):
                 self._samples.append({"question": question, "expected": expected, "output": text, "parsed": pred})
 
+    def _val_set_name(self, dataloader_idx: int) -> str:
+        """The validation set a loader holds: named by the data module (``val_set_names``), else by position."""
+        names = getattr(getattr(self._trainer, "datamodule", None), "val_set_names", None) or [MAIN_VAL_SET]
+        return names[dataloader_idx] if dataloader_idx < len(names) else f"val{dataloader_idx}"
+
     def on_validation_epoch_end(self) -> None:
-        self.log("val/loss", self.val_loss.compute(), prog_bar=True)
-        self.log("val/accuracy", self.val_accuracy.compute(), prog_bar=True)
-        self.log("val/answer_rate", self.val_answer_rate.compute(), prog_bar=True)
-        for metric in (self.val_loss, self.val_accuracy, self.val_answer_rate):
-            metric.reset()
+        if self.val_loss.update_called:
+            self.log("val/loss", self.val_loss.compute(), prog_bar=True)
+        self.val_loss.reset()
+        for name, metrics in self.val_metrics.items():
+            if not metrics.accuracy.update_called:
+                continue
+            for key, value in metrics.compute().items():
+                self.log(f"{name}/{key}", value, prog_bar=name == MAIN_VAL_SET)
+            metrics.reset()
         self._report_samples(self._samples[: self.hparams.num_logged_samples])
         self._samples = []
 
@@ -302,14 +345,51 @@ class SFTModule(L.LightningModule):
             batch["indices"], batch["questions"], texts, batch["expected"], self.hparams.relative_tolerance
         )
 
+    def estimate_validation_seconds(self) -> float | None:
+        """Seconds one validation of every validation set will take, from one timed batch (for ``TimeBudget``).
+
+        The first batch of the first set is run as validation runs it (eval mode, the precision
+        plugin's autocast, the loss forward and greedy generation), decoding as many tokens as its
+        longest reference answer: a trained model stops there, an untrained one would not stop at all.
+        The time per question is then scaled to all questions. None without a datamodule to ask.
+        """
+        datamodule = getattr(self._trainer, "datamodule", None)
+        if datamodule is None or self.model is None:
+            return None
+        loaders = datamodule.val_dataloader()
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        total = sum(len(loader.dataset) for loader in loaders)
+        batch = next(iter(loaders[0]), None) if total else None
+        if batch is None:
+            return 0.0
+        batch = self._trainer.strategy.batch_to_device(batch, self.device)
+        answer_tokens = int((batch["labels"] != IGNORE_INDEX).sum(dim=1).max())
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad(), self._trainer.precision_plugin.val_step_context(), eager():
+            # untimed warm-up on 4 rows: the first eager pass after compilation pays one-off costs
+            # (kernel selection, allocations) that would inflate the estimate
+            greedy_generate(self.model, batch["prompt_ids"][:4], batch["prompt_mask"][:4], 2, eos_token_id=-1)
+            start = time.perf_counter()
+            supervised_loss_sum(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            with self._generation_weights():
+                greedy_generate(self.model, batch["prompt_ids"], batch["prompt_mask"], answer_tokens, eos_token_id=-1)
+            seconds = time.perf_counter() - start
+        self.model.train(was_training)
+        return seconds * total / len(batch["questions"])
+
     def generate_texts(self, prompt_ids: Tensor, prompt_mask: Tensor) -> list[str]:
         """Greedy completions (special tokens stripped) for left-padded prompts."""
         assert self.tokenizer is not None
-        with eager():
+        with eager(), self._generation_weights():
             new_ids = greedy_generate(
                 self.model, prompt_ids, prompt_mask, self.hparams.max_new_tokens, self.tokenizer.eos_token_id
             )
         return self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+
+    def _generation_weights(self) -> contextlib.AbstractContextManager:
+        """LoRA folded into the weights while generating, unless ``merge_lora_for_generation`` is off."""
+        return merged_lora_weights(self.model) if self.hparams.merge_lora_for_generation else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ checkpoint/export
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

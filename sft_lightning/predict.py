@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 
+from sft_lightning.atomic import atomic_file
 from sft_lightning.metrics import AnswerAccuracy, parse_answer
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -142,17 +141,10 @@ class PredictionWriter(BasePredictionWriter):
 
 
 def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    """One JSON object per line, written to a temporary sibling and renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """One JSON object per line, written atomically (``sft_lightning.atomic``)."""
+    with atomic_file(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
 
 

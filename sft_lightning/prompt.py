@@ -1,6 +1,6 @@
 """The one prompt/answer format, shared by training and generation so the two never drift.
 
-The prompt is the bare question and a newline. SmolLM2's ChatML turn wrapper would cost ~9 of
+The prompt is the bare question between two newlines. SmolLM2's ChatML turn wrapper would cost ~9 of
 the ~31 tokens of a typical example, i.e. ~30% of every training step on a CPU budget that is
 better spent on more examples; the fine-tuned model learns this format instead. The answer always ends with the tokenizer's EOS (appended as an id by the data module), so
 generation stops by itself.
@@ -16,13 +16,23 @@ ANSWER_CLOSE = "</answer>"
 
 
 def format_prompt(question: str) -> str:
-    """Everything the model is given; generation continues right after it."""
-    return f"{question.strip()}\n"
+    """Everything the model is given; generation continues right after it.
+
+    The leading newline keeps the question off position 0, which a causal LM uses as an attention
+    sink and reads poorly: with the question first, a model fine-tuned on worked answers wrote
+    "3 years = ? decades" as "22×0.1" and "3 ounces = ? kg" as "22×0.0283", while quantities
+    that were not the first token were copied right.
+    """
+    return f"\n{question.strip()}\n"
 
 
-def format_answer(value: float, significant_digits: int = 4) -> str:
-    """The supervised target (EOS is appended as a token id by the data module)."""
-    return f"{ANSWER_OPEN}{format_number(value, significant_digits)}{ANSWER_CLOSE}"
+def format_answer(value: float, significant_digits: int = 4, working: str = "") -> str:
+    """The supervised target (EOS is appended as a token id by the data module).
+
+    ``working`` is written before the tag (a worked answer, ``sft_lightning.worked``); the number
+    the metrics parse is always the one inside ``<answer>``.
+    """
+    return f"{working}{ANSWER_OPEN}{format_number(value, significant_digits)}{ANSWER_CLOSE}"
 
 
 def format_number(value: float, significant_digits: int = 4) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,29 +20,79 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class QARecord:
+    """A question, the answer it is scored against, and optionally the exact text to train on
+    (a worked answer); without one the target is the bare ``<answer>`` tag."""
+
     question: str
     answer: float
+    target: str | None = None
 
 
-def load_records(path: str | Path) -> list[QARecord]:
+def load_records(path: str | Path, allow_conflicts: bool = False) -> list[QARecord]:
     """Records from a ``.json`` list of ``[question, answer]`` pairs or a ``.jsonl`` file of
-    ``{"question": ..., "answer": ...}`` objects (one per line)."""
+    ``{"question": ..., "answer": ...}`` objects (one per line).
+
+    The same question twice with different answers is an error naming both records (a model
+    cannot learn both, and one of them is a data bug); ``allow_conflicts`` turns it into a warning.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"data file not found: {path}. Fix: check the path (relative paths are from the current directory).")
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path)
     if path.suffix == ".jsonl":
-        records = list(_jsonl_records(text, path))
+        located = list(_jsonl_records(text, path))
     elif path.suffix == ".json":
-        records = list(_json_records(text, path))
+        located = list(_json_records(text, path))
     else:
         raise DataError(f"{path}: unknown data format '{path.suffix}'. Fix: use .json (list of [question, answer]) or .jsonl.")
-    if not records:
+    if not located:
         raise DataError(f"{path}: contains no records. Fix: add at least one question/answer pair.")
-    return records
+    _check_conflicts(located, allow_conflicts)
+    return [record for _, record in located]
 
 
-def _json_records(text: str, path: Path) -> Iterable[QARecord]:
+def _check_conflicts(located: Sequence[tuple[str, QARecord]], allow: bool) -> None:
+    """The first question asked twice with answers more than 1e-6 apart (relative): an error, or with
+    ``allow`` a warning per such question."""
+    first: dict[str, tuple[str, QARecord]] = {}
+    for where, record in located:
+        key = " ".join(record.question.casefold().split()).rstrip(".?! ")
+        if key not in first:
+            first[key] = (where, record)
+            continue
+        where0, record0 = first[key]
+        if math.isclose(record.answer, record0.answer, rel_tol=1e-6, abs_tol=1e-12):
+            continue
+        message = (
+            f"{where} asks the question of {where0.split(': ', 1)[-1]} again ({record.question[:60]!r}) but answers "
+            f"{record.answer:g} instead of {record0.answer:g}"
+        )
+        if not allow:
+            raise DataError(f"{message}. Fix: keep one answer (or pass --data.allow_conflicting_answers true to train on both).")
+        warnings.warn(f"{message}; training on both (data.allow_conflicting_answers)", stacklevel=3)
+
+
+def read_text_file(path: Path) -> str:
+    """A user's text file as UTF-8, with or without the byte-order mark some editors write.
+
+    Bytes that are not UTF-8 (a file saved as Latin-1 or UTF-16) are a DataError naming the line,
+    column and byte offset, not a UnicodeDecodeError traceback.
+    """
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataError(
+            f"{path}: line {line}, column {column} (byte {exc.start}): byte 0x{data[exc.start]:02x} is not UTF-8 text. "
+            "Fix: save the file as UTF-8 (most editors offer it under 'Save as' / encoding)."
+        ) from None
+
+
+def _json_records(text: str, path: Path) -> Iterable[tuple[str, QARecord]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -54,10 +105,10 @@ def _json_records(text: str, path: Path) -> Iterable[QARecord]:
         where = f"{path}: record {index}"
         if not (isinstance(item, (list, tuple)) and len(item) == 2):
             raise DataError(f"{where} is not a [question, answer] pair: {_short(item)}. Fix: write it as [\"question\", number].")
-        yield make_record(item[0], item[1], where)
+        yield where, make_record(item[0], item[1], where)
 
 
-def _jsonl_records(text: str, path: Path) -> Iterable[QARecord]:
+def _jsonl_records(text: str, path: Path) -> Iterable[tuple[str, QARecord]]:
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -74,7 +125,7 @@ def _jsonl_records(text: str, path: Path) -> Iterable[QARecord]:
                 f"{where}: missing field {', '.join(repr(m) for m in missing)}. "
                 'Fix: each line needs {"question": ..., "answer": ...}.'
             )
-        yield make_record(item["question"], item["answer"], where)
+        yield where, make_record(item["question"], item["answer"], where)
 
 
 def make_record(question: object, answer: object, where: str = "record") -> QARecord:
@@ -143,7 +194,7 @@ def load_questions(path: str | Path) -> list[Question]:
         raise DataError(
             f"questions file not found: {path}. Fix: check the path (relative paths are from the current directory)."
         )
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path)
     if path.suffix == ".txt":
         questions = [
             Question(line.strip())

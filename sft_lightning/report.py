@@ -25,10 +25,12 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
+from sft_lightning.atomic import atomic_file  # noqa: E402
 from sft_lightning.run_files import (  # noqa: E402
     ROLLED_BACK_KEY,
     SKIPPED_KEY,
     Mark,
+    RunDirError,
     clip_threshold,
     read_marks,
     read_metrics,
@@ -150,19 +152,26 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> tuple
     run = load_run(run_dir)
     png = Path(output) if output is not None else run.run_dir / REPORT_FILE
     figure = build_figure(run)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(png, dpi=110)
+    try:
+        with atomic_file(png, "wb") as f:
+            figure.savefig(f, dpi=110, format="png")
+    except OSError as exc:
+        raise RunDirError(f"--output: cannot write the report to {png}: {exc.strerror or exc}. Fix: choose another --output path.") from None
     return png, figure, summary_lines(run, png)
 
 
-def main(argv: Sequence[str], stream: TextIO | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sft-lightning report",
         description="Plot a run's loss, gradient norm, learning rate and validation metrics; print a summary.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. runs/embedded/version_0")
     parser.add_argument("-o", "--output", help=f"PNG path (default RUN_DIR/{REPORT_FILE})")
-    args = parser.parse_args(list(argv))
+    return parser
+
+
+def main(argv: Sequence[str], stream: TextIO | None = None) -> None:
+    args = build_parser().parse_args(list(argv))
     _, _, lines = write_report(args.run_dir, args.output)
     print("\n".join(lines), file=stream or sys.stdout, flush=True)
 

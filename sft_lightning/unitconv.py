@@ -1,45 +1,52 @@
-"""Deterministic unit-conversion question/answer generator.
+"""Deterministic unit-conversion question generator.
 
-pint is the source of truth for every conversion factor, but surface forms are
-never handed to pint directly: a curated alias table maps each accepted
-spelling to a canonical unit key and a pint expression. This avoids pint's
-traps, each of which is pinned by a test:
+Units, spellings and conversion factors live in ``sft_lightning.units`` (pint is the source of
+truth), phrasings in ``sft_lightning.phrasings``, worked answers in ``sft_lightning.worked``; this
+module draws questions from them:
 
-* ``decade`` is a dimensionless logarithmic unit in pint (not 10 years);
-  here it is ``10 * year``.
-* ``acre`` is the US *survey* acre in pint (4046.8726 m^2); here it is the
-  international acre ``43560 * foot ** 2`` = 4046.8564224 m^2.
-* ``G`` is gauss, ``M`` is molar, ``Mb`` is megabarn, ``C`` is coulomb and
-  ``F`` is farad in pint; ``KB`` and ``kmh`` are undefined.
-* ``B`` is used for both byte and bel in pint's world; here ``B`` = byte.
-
-Data sizes follow SI/IEC: kB = 1000 B, KiB = 1024 B, MB = 10**6 B, MiB = 2**20 B.
-``KB`` (capital K) is ambiguous in practice (JEDEC/Windows use 1024); this module
-picks **KB = 1000 B** so that KB and kB agree, and binary sizes must be spelled
-KiB/MiB/GiB. ``year`` is pint's Julian year (365.25 days).
-
-The registry uses ``decimal.Decimal`` magnitudes so that exact factors stay
-exact (20 degC -> 68 degF, 1 mile -> 1609.344 m) before the final ``float``.
+* a unit pair weighted by how often people ask about its units (``Unit.tier``), through its
+  family (drawn in proportion to its pairs' weight, at least ``_MIN_FAMILY_SHARE``), then an
+  everyday quantity for that pair (resampled until the answer is readable), a template and the
+  spellings;
+* three disjoint sets: ``train``, ``val`` (validation questions phrased like training) and
+  ``val_unseen`` (held-out templates and held-out spellings only). Each (quantity, source,
+  target) triple belongs to training or validation by a stable hash (about 20% validation),
+  so even sets drawn with different seeds never share one.
 """
 
 from __future__ import annotations
 
 import bisect
-import difflib
 import functools
 import hashlib
 import math
-import numbers
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any
+from typing import NamedTuple
+
+from sft_lightning.phrasings import HELDOUT, TRAIN, Template, casual, format_quantity, pick_spelling, say_quantity
+from sft_lightning.units import (
+    FAMILIES,
+    UNITS,
+    Unit,
+    UnknownFamilyError,
+    UnknownUnitError,
+    accepted_spellings,
+    check_family,
+    convert,
+    family_of,
+    pair_factor,
+    resolve_unit,
+    units_of,
+)
+from sft_lightning.worked import working
 
 __all__ = [
     "FAMILIES",
     "TEMPLATES",
     "ConversionQuestion",
+    "Splits",
     "Template",
     "UnknownFamilyError",
     "UnknownUnitError",
@@ -54,43 +61,33 @@ __all__ = [
     "units_of",
 ]
 
-FAMILIES: tuple[str, ...] = (
-    "length",
-    "mass",
-    "time",
-    "volume",
-    "speed",
-    "data",
-    "area",
-    "temperature",
-    "energy",
-    "pressure",
-)
+TEMPLATES: tuple[Template, ...] = TRAIN
 
-# Answers outside this range are hard to read/learn; quantities are resampled.
+# Answers outside this range are hard to read and rarely asked; quantities are resampled.
 # The temperature family is exempt (0 and negative values are legitimate).
-MIN_ABS_ANSWER: float = 0.01
-MAX_ABS_ANSWER: float = 1e6
-# Unit pairs whose factor lies outside this range are never asked (e.g. mm -> km),
-# because almost no friendly quantity would give a readable answer.
-_MIN_PAIR_FACTOR: float = 1e-3
-_MAX_PAIR_FACTOR: float = 1e4
-# Fraction of (quantity, source, target) triples reserved for validation by a
-# stable hash, so train and validation sets never share a triple, whatever seeds.
+MIN_ABS_ANSWER: float = 1e-3
+MAX_ABS_ANSWER: float = 1e9
+# Unit pairs whose factor lies outside this range are never asked (e.g. um -> mi), because almost
+# no everyday quantity gives a readable answer.
+_MIN_PAIR_FACTOR: float = 1e-6
+_MAX_PAIR_FACTOR: float = 1e9
+# Share of (quantity, source, target) triples reserved for validation, by a stable hash.
 _VALIDATION_FRACTION: float = 0.2
-
-
-class UnknownUnitError(ValueError):
-    """A unit spelling is not in the curated alias table (or is in the wrong family)."""
-
-
-class UnknownFamilyError(ValueError):
-    """A family name is not one of FAMILIES."""
+# Pair weight = product of its units' tier weights: everyday units are asked about most.
+_TIER_WEIGHT = {1: 1.0, 2: 0.5, 3: 0.15}
+# A family is drawn in proportion to its pairs' total weight, so that every pair of the same
+# weight is seen about as often (volume has 206 pairs, speed 20), but never less often than
+# this: temperature has only 6 pairs, and its two-step arithmetic still needs practice.
+_MIN_FAMILY_SHARE = 0.06
 
 
 @dataclass(frozen=True)
 class ConversionQuestion:
-    """One question with its exact (unrounded) pint answer."""
+    """One question with its exact (unrounded) pint answer and its worked solution.
+
+    ``worked_value`` is what ``working`` computes (the factor is rounded to 3 digits, so it can
+    differ from ``answer`` by up to 0.5%); it is the number a worked training target states.
+    """
 
     question: str
     answer: float
@@ -98,351 +95,14 @@ class ConversionQuestion:
     quantity: float
     source_unit: str
     target_unit: str
+    working: str
+    worked_value: float
 
 
-@dataclass(frozen=True)
-class _Unit:
-    """A curated unit: pint expression plus every spelling we accept.
-
-    ``symbols`` are case-sensitive and may appear in questions; ``extra_symbols``
-    are accepted (case-sensitive) but never generated; ``extra_words`` are
-    accepted case-insensitively but never generated. ``singular``/``plural`` are
-    case-insensitive and used in questions.
-    """
-
-    key: str
-    family: str
-    pint_expr: str
-    singular: str
-    plural: str
-    symbols: tuple[str, ...] = ()
-    extra_symbols: tuple[str, ...] = ()
-    extra_words: tuple[str, ...] = ()
-
-
-def _u(
-    key: str,
-    family: str,
-    pint_expr: str,
-    singular: str,
-    plural: str,
-    symbols: tuple[str, ...] = (),
-    extra_symbols: tuple[str, ...] = (),
-    extra_words: tuple[str, ...] = (),
-) -> _Unit:
-    """Terse constructor so the table below stays readable."""
-    return _Unit(key, family, pint_expr, singular, plural, symbols, extra_symbols, extra_words)
-
-
-_UNITS: tuple[_Unit, ...] = (
-    # length
-    _u("millimeter", "length", "millimeter", "millimeter", "millimeters", ("mm",), (), ("millimetre", "millimetres")),
-    _u("centimeter", "length", "centimeter", "centimeter", "centimeters", ("cm",), (), ("centimetre", "centimetres")),
-    _u("meter", "length", "meter", "meter", "meters", ("m",), (), ("metre", "metres")),
-    _u("kilometer", "length", "kilometer", "kilometer", "kilometers", ("km",), (), ("kilometre", "kilometres")),
-    _u("inch", "length", "inch", "inch", "inches", ("in",), (), ()),
-    _u("foot", "length", "foot", "foot", "feet", ("ft",), (), ()),
-    _u("yard", "length", "yard", "yard", "yards", ("yd",), ("yds",), ()),
-    _u("mile", "length", "mile", "mile", "miles", ("mi",), (), ()),
-    # mass
-    _u("milligram", "mass", "milligram", "milligram", "milligrams", ("mg",), (), ("milligramme", "milligrammes")),
-    _u("gram", "mass", "gram", "gram", "grams", ("g",), (), ("gramme", "grammes")),
-    _u("kilogram", "mass", "kilogram", "kilogram", "kilograms", ("kg",), ("kgs",), ("kilo", "kilos")),
-    _u("tonne", "mass", "metric_ton", "metric ton", "metric tons", ("t",), (), ("tonne", "tonnes")),
-    _u("ounce", "mass", "ounce", "ounce", "ounces", ("oz",), (), ()),
-    _u("pound", "mass", "pound", "pound", "pounds", ("lb", "lbs"), (), ()),
-    _u("stone", "mass", "stone", "stone", "stones", ("st",), (), ()),
-    # time
-    _u("millisecond", "time", "millisecond", "millisecond", "milliseconds", ("ms",), (), ("msec",)),
-    _u("second", "time", "second", "second", "seconds", ("s", "sec"), (), ("secs",)),
-    _u("minute", "time", "minute", "minute", "minutes", ("min",), (), ("mins",)),
-    _u("hour", "time", "hour", "hour", "hours", ("h", "hr"), (), ("hrs",)),
-    _u("day", "time", "day", "day", "days", ("d",), (), ()),
-    _u("week", "time", "week", "week", "weeks", ("wk",), (), ("wks",)),
-    _u("year", "time", "year", "year", "years", ("yr",), (), ("yrs",)),
-    # pint's `decade` is logarithmic (dimensionless 10); the calendar decade is 10 years.
-    _u("decade", "time", "10 * year", "decade", "decades", (), (), ()),
-    _u("century", "time", "100 * year", "century", "centuries", (), (), ()),
-    # volume (gallon/quart/pint/cup/fluid ounce are US liquid measures)
-    _u("cubic_millimeter", "volume", "millimeter ** 3", "cubic millimeter", "cubic millimeters",
-       ("mm³", "mm^3"), ("mm**3", "mm3"), ("cubic millimetre", "cubic millimetres")),
-    _u("cubic_centimeter", "volume", "centimeter ** 3", "cubic centimeter", "cubic centimeters",
-       ("cm³", "cc"), ("cm**3", "cm^3", "cm3"), ("cubic centimetre", "cubic centimetres")),
-    _u("milliliter", "volume", "milliliter", "milliliter", "milliliters", ("mL", "ml"), (), ("millilitre", "millilitres")),
-    _u("liter", "volume", "liter", "liter", "liters", ("L", "l"), (), ("litre", "litres")),
-    _u("cubic_meter", "volume", "meter ** 3", "cubic meter", "cubic meters",
-       ("m³", "m^3"), ("m**3", "m3"), ("cubic metre", "cubic metres")),
-    _u("gallon", "volume", "gallon", "gallon", "gallons", ("gal",), (), ("us gallon", "us gallons")),
-    _u("imperial_gallon", "volume", "imperial_gallon", "imperial gallon", "imperial gallons", (), (),
-       ("uk gallon", "uk gallons")),
-    _u("quart", "volume", "quart", "quart", "quarts", ("qt",), (), ()),
-    _u("pint", "volume", "pint", "pint", "pints", ("pt",), (), ()),
-    _u("cup", "volume", "cup", "cup", "cups", (), (), ()),
-    _u("fluid_ounce", "volume", "fluid_ounce", "fluid ounce", "fluid ounces", ("fl oz",), ("floz",), ()),
-    # speed
-    _u("meter_per_second", "speed", "meter / second", "meter per second", "meters per second",
-       ("m/s",), (), ("metre per second", "metres per second")),
-    _u("kilometer_per_hour", "speed", "kilometer / hour", "kilometer per hour", "kilometers per hour",
-       ("km/h", "kmh", "kph"), ("km/hr",), ("kilometre per hour", "kilometres per hour")),
-    _u("mile_per_hour", "speed", "mile / hour", "mile per hour", "miles per hour",
-       ("mph", "mi/h"), ("MPH", "mi/hr"), ()),
-    _u("foot_per_second", "speed", "foot / second", "foot per second", "feet per second", ("ft/s",), ("fps",), ()),
-    _u("knot", "speed", "knot", "knot", "knots", ("kn",), ("kt",), ()),
-    # data (SI decimal prefixes and IEC binary prefixes; KB = 1000 B, see module docstring)
-    _u("bit", "data", "bit", "bit", "bits", (), (), ()),
-    _u("byte", "data", "byte", "byte", "bytes", ("B",), (), ()),
-    _u("kilobyte", "data", "kilobyte", "kilobyte", "kilobytes", ("kB", "KB"), (), ()),
-    _u("megabyte", "data", "megabyte", "megabyte", "megabytes", ("MB",), (), ()),
-    _u("gigabyte", "data", "gigabyte", "gigabyte", "gigabytes", ("GB",), (), ()),
-    _u("terabyte", "data", "terabyte", "terabyte", "terabytes", ("TB",), (), ()),
-    _u("kibibyte", "data", "kibibyte", "kibibyte", "kibibytes", ("KiB",), (), ()),
-    _u("mebibyte", "data", "mebibyte", "mebibyte", "mebibytes", ("MiB",), (), ()),
-    _u("gibibyte", "data", "gibibyte", "gibibyte", "gibibytes", ("GiB",), (), ()),
-    _u("megabit", "data", "megabit", "megabit", "megabits", ("Mb", "Mbit"), (), ()),
-    _u("gigabit", "data", "gigabit", "gigabit", "gigabits", ("Gb", "Gbit"), (), ()),
-    # area (acre and square mile are international, not pint's US survey acre)
-    _u("square_centimeter", "area", "centimeter ** 2", "square centimeter", "square centimeters",
-       ("cm²", "cm^2"), ("cm**2", "cm2", "sq cm"), ("square centimetre", "square centimetres")),
-    _u("square_meter", "area", "meter ** 2", "square meter", "square meters",
-       ("m²", "m^2"), ("m**2", "m2", "sq m"), ("square metre", "square metres")),
-    _u("square_kilometer", "area", "kilometer ** 2", "square kilometer", "square kilometers",
-       ("km²", "km^2"), ("km**2", "km2", "sq km"), ("square kilometre", "square kilometres")),
-    _u("hectare", "area", "hectare", "hectare", "hectares", ("ha",), (), ()),
-    _u("acre", "area", "43560 * foot ** 2", "acre", "acres", ("ac",), (), ()),
-    _u("square_inch", "area", "inch ** 2", "square inch", "square inches",
-       ("in²", "sq in"), ("in**2", "in^2"), ()),
-    _u("square_foot", "area", "foot ** 2", "square foot", "square feet",
-       ("ft²", "sq ft"), ("ft**2", "ft^2"), ()),
-    _u("square_yard", "area", "yard ** 2", "square yard", "square yards",
-       ("yd²", "sq yd"), ("yd**2", "yd^2"), ()),
-    _u("square_mile", "area", "mile ** 2", "square mile", "square miles",
-       ("mi²", "sq mi"), ("mi**2", "mi^2"), ()),
-    # temperature (offset units: converted as absolute temperatures, not differences)
-    _u("celsius", "temperature", "degC", "degree Celsius", "degrees Celsius",
-       ("°C", "degC"), ("℃", "deg C", "C°"), ("celsius", "centigrade", "degrees centigrade")),
-    _u("fahrenheit", "temperature", "degF", "degree Fahrenheit", "degrees Fahrenheit",
-       ("°F", "degF"), ("℉", "deg F", "F°"), ("fahrenheit",)),
-    _u("kelvin", "temperature", "kelvin", "kelvin", "kelvins", ("K",), (), ("degrees kelvin",)),
-    # energy (calorie = thermochemical 4.184 J; Btu = pint's 1055.056 J)
-    _u("joule", "energy", "joule", "joule", "joules", ("J",), (), ()),
-    _u("kilojoule", "energy", "kilojoule", "kilojoule", "kilojoules", ("kJ",), (), ()),
-    _u("megajoule", "energy", "megajoule", "megajoule", "megajoules", ("MJ",), (), ()),
-    _u("calorie", "energy", "calorie", "calorie", "calories", ("cal",), (), ()),
-    _u("kilocalorie", "energy", "kilocalorie", "kilocalorie", "kilocalories", ("kcal",), (), ()),
-    _u("watt_hour", "energy", "watt_hour", "watt-hour", "watt-hours", ("Wh",), (), ("watt hour", "watt hours")),
-    _u("kilowatt_hour", "energy", "kilowatt_hour", "kilowatt-hour", "kilowatt-hours", ("kWh",), (),
-       ("kilowatt hour", "kilowatt hours")),
-    _u("btu", "energy", "Btu", "British thermal unit", "British thermal units", ("BTU", "Btu"), (), ()),
-    # pressure
-    _u("pascal", "pressure", "pascal", "pascal", "pascals", ("Pa",), (), ()),
-    _u("hectopascal", "pressure", "hectopascal", "hectopascal", "hectopascals", ("hPa",), (), ()),
-    _u("kilopascal", "pressure", "kilopascal", "kilopascal", "kilopascals", ("kPa",), (), ()),
-    _u("bar", "pressure", "bar", "bar", "bars", (), (), ()),
-    _u("millibar", "pressure", "millibar", "millibar", "millibars", ("mbar",), (), ()),
-    _u("atmosphere", "pressure", "atmosphere", "atmosphere", "atmospheres", ("atm",), (), ()),
-    _u("psi", "pressure", "psi", "pound per square inch", "pounds per square inch", ("psi",), (), ()),
-    _u("millimeter_of_mercury", "pressure", "mmHg", "millimeter of mercury", "millimeters of mercury",
-       ("mmHg",), ("mm Hg",), ("millimetre of mercury", "millimetres of mercury")),
-    _u("torr", "pressure", "torr", "torr", "torr", ("Torr",), (), ()),
-)
-
-# Spellings that look like units but are deliberately rejected, with the reason.
-# (Note: "K" is accepted, as kelvin; "B" is accepted, as byte.)
-_REJECTED: dict[str, str] = {
-    "G": "'G' is gauss in pint and ambiguous for giga-; write GB (gigabyte) or Gb (gigabit)",
-    "M": "'M' is molar in pint and ambiguous for mega-; write MB (megabyte) or Mb (megabit)",
-    "k": "'k' alone is only a prefix; write e.g. km, kg or kB",
-    "b": "'b' is ambiguous (bit or barn); write 'bit'",
-    "kb": "'kb' is ambiguous (kilobit or kilobyte); write kB/KB (kilobyte)",
-    "mb": "'mb' is ambiguous (millibar or megabyte); write mbar or MB",
-    "C": "'C' is coulomb in pint; write °C or degC",
-    "F": "'F' is farad in pint; write °F or degF",
-    "month": "'month' has no fixed length; use days or weeks",
-    "months": "'months' has no fixed length; use days or weeks",
-}
-
-
-def _clean(name: str) -> str:
-    """Collapse whitespace so 'sq  ft ' and 'sq ft' are the same spelling."""
-    return " ".join(name.split())
-
-
-def _build_alias_tables() -> tuple[dict[str, _Unit], dict[str, _Unit], dict[str, _Unit]]:
-    """Index the unit table; refuse collisions so no spelling is silently ambiguous."""
-    by_key: dict[str, _Unit] = {}
-    symbols: dict[str, _Unit] = {}
-    words: dict[str, _Unit] = {}
-    for unit in _UNITS:
-        if unit.family not in FAMILIES:
-            raise AssertionError(f"unit {unit.key!r} has unknown family {unit.family!r}")
-        if unit.key in by_key:
-            raise AssertionError(f"duplicate unit key {unit.key!r}")
-        by_key[unit.key] = unit
-        for sym in (*unit.symbols, *unit.extra_symbols):
-            if sym in symbols and symbols[sym] is not unit:
-                raise AssertionError(f"symbol {sym!r} maps to {symbols[sym].key!r} and {unit.key!r}")
-            symbols[sym] = unit
-        for word in (unit.key, unit.key.replace("_", " "), unit.singular, unit.plural, *unit.extra_words):
-            folded = _clean(word).casefold()
-            if folded in words and words[folded] is not unit:
-                raise AssertionError(f"word {word!r} maps to {words[folded].key!r} and {unit.key!r}")
-            words[folded] = unit
-    return by_key, symbols, words
-
-
-_BY_KEY, _SYMBOLS, _WORDS = _build_alias_tables()
-
-
-def accepted_spellings(family: str | None = None) -> list[str]:
-    """Every accepted spelling (optionally of one family), for error messages and docs."""
-    if family is not None:
-        _check_family(family)
-    out: list[str] = []
-    for unit in _UNITS:
-        if family is None or unit.family == family:
-            for form in (unit.key, *unit.symbols, *unit.extra_symbols, unit.singular, unit.plural, *unit.extra_words):
-                if form not in out:
-                    out.append(form)
-    return out
-
-
-def units_of(family: str) -> tuple[str, ...]:
-    """Canonical unit keys of one family, in table order."""
-    _check_family(family)
-    return tuple(u.key for u in _UNITS if u.family == family)
-
-
-def family_of(unit: str) -> str:
-    """Family of a unit given in any surface form."""
-    return _BY_KEY[resolve_unit(unit)].family
-
-
-def _check_family(family: str) -> None:
-    """Raise UnknownFamilyError naming the valid families."""
-    if family not in FAMILIES:
-        raise UnknownFamilyError(f"unknown unit family {family!r}; expected one of: {', '.join(FAMILIES)}")
-
-
-def _unknown_unit_message(name: str, family: str | None) -> str:
-    """Explain what went wrong and what would have been accepted."""
-    where = f" {family}" if family else ""
-    head = f"unknown{where} unit {name!r}"
-    if name in _REJECTED:
-        head += f": {_REJECTED[name]}"
-    candidates = accepted_spellings(family)
-    if family is not None:
-        return f"{head}; accepted {family} spellings: {', '.join(candidates)}"
-    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
-    if close:
-        return f"{head}; did you mean: {', '.join(close)}?"
-    return f"{head}; accepted unit keys: {', '.join(_BY_KEY)}"
-
-
-def resolve_unit(name: str, family: str | None = None) -> str:
-    """Map any accepted surface form to its canonical unit key.
-
-    Symbols are case-sensitive (MB is not Mb); word forms are not. If ``family``
-    is given, a unit of another family is rejected too.
-    """
-    if not isinstance(name, str):
-        raise UnknownUnitError(f"unit must be a string, got {type(name).__name__}: {name!r}")
-    if family is not None:
-        _check_family(family)
-    cleaned = _clean(name)
-    unit = _SYMBOLS.get(cleaned) or _WORDS.get(cleaned.casefold())
-    if unit is None:
-        raise UnknownUnitError(_unknown_unit_message(cleaned or name, family))
-    if family is not None and unit.family != family:
-        raise UnknownUnitError(
-            f"unit {name!r} is {unit.family} ({unit.key}), not a {family} unit; "
-            f"accepted {family} spellings: {', '.join(accepted_spellings(family))}"
-        )
-    return unit.key
-
-
-@functools.lru_cache(maxsize=1)
-def _registry() -> Any:
-    """Build the pint registry once, lazily (creation is slow-ish).
-
-    Decimal magnitudes keep exact factors exact (20 degC -> 68 degF).
-    """
-    import pint
-
-    return pint.UnitRegistry(non_int_type=Decimal)
-
-
-@functools.lru_cache(maxsize=None)
-def _pint_quantity(key: str) -> Any:
-    """pint Quantity for one unit of ``key`` (may carry a factor, e.g. 10 * year)."""
-    return _registry().parse_expression(_BY_KEY[key].pint_expr)
-
-
-def _to_decimal(value: float) -> Decimal:
-    """Interpret a float by its shortest repr, so 0.1 means exactly one tenth."""
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, Decimal)):
-        raise TypeError(f"value must be a real number, got {type(value).__name__}: {value!r}")
-    if isinstance(value, (int, Decimal)):
-        result = Decimal(value)
-    else:
-        result = Decimal(repr(float(value)))
-    if not result.is_finite():
-        raise ValueError(f"value must be finite, got {value!r}")
-    return result
-
-
-def convert(value: float, source: str, target: str) -> float:
-    """Convert ``value`` from ``source`` to ``target`` (any surface forms) using pint."""
-    src, dst = _BY_KEY[resolve_unit(source)], _BY_KEY[resolve_unit(target)]
-    if src.family != dst.family:
-        raise ValueError(
-            f"cannot convert {source!r} ({src.family}) to {target!r} ({dst.family}): incompatible dimensions"
-        )
-    magnitude = _to_decimal(value)
-    ureg = _registry()
-    if src.family == "temperature":
-        # Offset units must be built with Quantity(value, unit), never value * unit.
-        result = ureg.Quantity(magnitude, _pint_quantity(src.key).units).to(_pint_quantity(dst.key).units)
-        return float(result.magnitude)
-    ratio = (magnitude * _pint_quantity(src.key)) / _pint_quantity(dst.key)
-    return float(ratio.to("dimensionless").magnitude)
-
-
-# --------------------------------------------------------------------------- templates
-
-
-@dataclass(frozen=True)
-class Template:
-    """A phrasing; ``counting`` ones ("how many X") are not used for temperature."""
-
-    text: str
-    counting: bool = False
-
-
-TEMPLATES: tuple[Template, ...] = (
-    Template("Convert {q} {src} to {dst}."),
-    Template("How many {dst} are in {q} {src}?", counting=True),
-    Template("What is the conversion of {q} {src} to {dst}?"),
-    Template("Express {q} {src} as a quantity of {dst}.", counting=True),
-    Template("What is {q} {src} in {dst}?"),
-    Template("{q} {src} equals how many {dst}?", counting=True),
-    Template("Change {q} {src} into {dst}."),
-    Template("If I have {q} {src}, how many {dst} is that?", counting=True),
-    Template("How much is {q} {src} in {dst}?"),
-    Template("Please convert {q} {src} into {dst}."),
-    Template("What do you get when you convert {q} {src} to {dst}?"),
-    Template("{q} {src} is how many {dst}?", counting=True),
-    Template("Give {q} {src} in {dst}."),
-    Template("What is the equivalent of {q} {src} in {dst}?"),
-    Template("Turn {q} {src} into {dst}."),
-    Template("{q} {src} = ? {dst}"),
-)
-
-
-def format_quantity(quantity: float) -> str:
-    """Render a quantity as a person would write it: 5, 2.5, 12.75, -40."""
-    if float(quantity).is_integer():
-        return str(int(quantity))
-    return repr(float(quantity))
+class Splits(NamedTuple):
+    train: list[ConversionQuestion]
+    val: list[ConversionQuestion]
+    val_unseen: list[ConversionQuestion]
 
 
 def normalize_question(text: str) -> str:
@@ -450,61 +110,67 @@ def normalize_question(text: str) -> str:
     return " ".join(text.casefold().split()).rstrip(".?! ")
 
 
-def _pick_unit_form(rng: random.Random, unit: _Unit, singular: bool) -> str:
-    """Choose a surface form: a word (singular/plural as the number demands) or a symbol."""
-    word = unit.singular if singular else unit.plural
-    forms = [word, word, *unit.symbols] if unit.symbols else [word]
-    return rng.choice(forms)
-
-
-def _render(rng: random.Random, template: Template, quantity: float, src: _Unit, dst: _Unit) -> str:
-    """Fill a template; singular source unit only when the quantity is exactly +-1."""
-    text = template.text.format(
-        q=format_quantity(quantity),
-        src=_pick_unit_form(rng, src, singular=abs(quantity) == 1),
-        dst=_pick_unit_form(rng, dst, singular=False),
-    )
-    return text[0].upper() + text[1:]
-
-
 # --------------------------------------------------------------------------- quantities
 
-
-_ROUND_NUMBERS = (40, 50, 60, 75, 80, 100, 120, 150, 200, 250, 300, 400, 500, 750, 1000)
+_ROUND_NUMBERS = (40, 50, 60, 75, 80, 100, 120, 150, 200, 250, 300, 400, 500, 750, 1000, 1500, 2000, 2500, 5000, 10000)
+_QUARTERS = (0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.25, 3.75)
 
 
 @functools.lru_cache(maxsize=1)
-def _quantity_support() -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
-    """Everyday quantities, as three disjoint sorted sets: integers (1..30 and round numbers
-    up to 1000), halves (0.5..19.5) and tenths (0.1..9.9, not halves).
+def _quantity_support() -> tuple[float, ...]:
+    """Every quantity the generator can ask about (positive families), sorted.
 
-    "How many meters are in 6 km?" is the typical question: people convert small or round
-    amounts. Keeping operands small also keeps the arithmetic within reach of a ~100M-parameter
-    model, so accuracy measures unit knowledge rather than long multiplication.
+    People convert small or round amounts: "How many meters are in 6 km?". Integers up to 999,
+    round numbers up to 10000, halves, tenths, quarters and hundredths below 5.
     """
-    integers = tuple(float(k) for k in (*range(1, 31), *_ROUND_NUMBERS))
-    halves = tuple(k / 2 for k in range(1, 40, 2))
-    tenths = tuple(k / 10 for k in range(1, 100) if k % 5)
-    return integers, halves, tenths
+    values = {float(k) for k in range(1, 1000)} | {float(k) for k in _ROUND_NUMBERS}
+    values |= {k / 2 for k in range(1, 40, 2)} | {k / 10 for k in range(1, 100)} | set(_QUARTERS)
+    values |= {k / 100 for k in range(1, 500) if k % 10}
+    return tuple(sorted(values))
 
 
-def _sample_quantity(rng: random.Random, allow_negative: bool) -> float:
-    """45% integers 1-12, 20% integers 13-30, 10% round numbers, 15% halves, 10% tenths."""
-    _, halves, tenths = _quantity_support()
+def _sample_quantity(rng: random.Random) -> float:
+    """Mostly small integers; then larger and round numbers, halves, tenths and hundredths."""
     r = rng.random()
-    if r < 0.45:
-        q = float(rng.randint(1, 12))
-    elif r < 0.65:
-        q = float(rng.randint(13, 30))
-    elif r < 0.75:
-        q = float(rng.choice(_ROUND_NUMBERS))
-    elif r < 0.90:
-        q = rng.choice(halves)
-    else:
-        q = rng.choice(tenths)
-    if allow_negative and rng.random() < 0.15:
-        q = -q
-    return q
+    if r < 0.33:
+        return float(rng.randint(1, 12))
+    if r < 0.48:
+        return float(rng.randint(13, 30))
+    if r < 0.56:
+        return float(rng.randint(31, 100))
+    if r < 0.62:
+        return float(rng.randint(101, 999))
+    if r < 0.72:
+        return float(rng.choice(_ROUND_NUMBERS))
+    if r < 0.84:
+        return rng.randrange(1, 40, 2) / 2
+    if r < 0.93:
+        return rng.randint(1, 99) / 10
+    if r < 0.97:
+        return rng.choice(_QUARTERS)
+    return rng.choice([k for k in range(1, 500) if k % 10]) / 100
+
+
+# Readings people convert: (everyday range, body temperatures in tenths, wide range, notable readings)
+_TEMPERATURE_READINGS: dict[str, tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, ...]]] = {
+    "celsius": ((-30, 45), (350, 420), (-60, 300), (-40, -30, 0, 50, 60, 70, 80, 90, 100, 120, 150, 160, 180, 200, 220, 250)),
+    "fahrenheit": ((-20, 110), (950, 1060), (-60, 550), (-40, -20, 0, 32, 212, 250, 300, 325, 350, 375, 400, 425, 450, 500)),
+}
+
+
+def _sample_temperature(rng: random.Random, unit_key: str) -> float:
+    """Weather and body temperatures, ovens, freezing and boiling; lab kelvins."""
+    r = rng.random()
+    if unit_key == "kelvin":
+        return float(rng.randint(200, 400)) if r < 0.8 else float(rng.randint(0, 1000))
+    everyday, body, wide, notable = _TEMPERATURE_READINGS[unit_key]
+    if r < 0.55:
+        return float(rng.randint(*everyday))
+    if r < 0.7:
+        return rng.randint(*body) / 10
+    if r < 0.85:
+        return float(rng.randint(*wide))
+    return float(rng.choice(notable))
 
 
 def _answer_in_range(family: str, answer: float) -> bool:
@@ -519,16 +185,15 @@ def _answer_in_range(family: str, answer: float) -> bool:
 
 @dataclass(frozen=True)
 class _Pair:
-    """An allowed (source, target) pair and its unit factor (None for offset units)."""
+    """An allowed (source, target) pair, its unit factor (None for offset units) and sampling weight."""
 
-    src: _Unit
-    dst: _Unit
+    src: Unit
+    dst: Unit
     factor: float | None
+    weight: float
 
 
-def _selected_units(
-    families: Sequence[str] | None, units: Mapping[str, Sequence[str]] | None
-) -> dict[str, list[_Unit]]:
+def _selected_units(families: Sequence[str] | None, units: Mapping[str, Sequence[str]] | None) -> dict[str, list[Unit]]:
     """Validate families/units up front and return the units to use per family (FAMILIES order)."""
     if isinstance(families, str):
         families = (families,)
@@ -536,28 +201,21 @@ def _selected_units(
     if not requested:
         raise ValueError(f"families must not be empty; choose from: {', '.join(FAMILIES)}")
     for fam in requested:
-        _check_family(fam)
+        check_family(fam)
     restriction: dict[str, list[str]] = {}
     for fam, names in (units or {}).items():
-        _check_family(fam)
+        check_family(fam)
         if isinstance(names, str):
             names = (names,)
-        keys: list[str] = []
-        for name in names:
-            key = resolve_unit(name, family=fam)
-            if key not in keys:
-                keys.append(key)
-        restriction[fam] = keys
-    selected: dict[str, list[_Unit]] = {}
-    for fam in FAMILIES:
-        if fam not in requested:
-            continue
-        keys = restriction.get(fam)
-        selected[fam] = [u for u in _UNITS if u.family == fam and (keys is None or u.key in keys)]
-    return selected
+        restriction[fam] = list(dict.fromkeys(resolve_unit(name, family=fam) for name in names))
+    return {
+        fam: [u for u in UNITS if u.family == fam and (fam not in restriction or u.key in restriction[fam])]
+        for fam in FAMILIES
+        if fam in requested
+    }
 
 
-def _allowed_pairs(selected: Mapping[str, Sequence[_Unit]]) -> dict[str, list[_Pair]]:
+def _allowed_pairs(selected: Mapping[str, Sequence[Unit]]) -> dict[str, list[_Pair]]:
     """Unit pairs per family whose factor keeps answers readable; error if a family has none."""
     pairs: dict[str, list[_Pair]] = {}
     for fam, fam_units in selected.items():
@@ -566,12 +224,13 @@ def _allowed_pairs(selected: Mapping[str, Sequence[_Unit]]) -> dict[str, list[_P
             for dst in fam_units:
                 if src is dst:
                     continue
+                weight = _TIER_WEIGHT[src.tier] * _TIER_WEIGHT[dst.tier]
                 if fam == "temperature":
-                    fam_pairs.append(_Pair(src, dst, None))
+                    fam_pairs.append(_Pair(src, dst, None, weight))
                     continue
-                factor = _pair_factor(src.key, dst.key)
+                factor = pair_factor(src.key, dst.key)
                 if _MIN_PAIR_FACTOR <= factor <= _MAX_PAIR_FACTOR:
-                    fam_pairs.append(_Pair(src, dst, factor))
+                    fam_pairs.append(_Pair(src, dst, factor, weight))
         if not fam_pairs:
             names = ", ".join(u.key for u in fam_units) or "(none)"
             raise ValueError(
@@ -582,67 +241,85 @@ def _allowed_pairs(selected: Mapping[str, Sequence[_Unit]]) -> dict[str, list[_P
     return pairs
 
 
-@functools.lru_cache(maxsize=None)
-def _pair_factor(src_key: str, dst_key: str) -> float:
-    """Linear factor between two non-offset units (cached: pairs are reused a lot)."""
-    return convert(1, src_key, dst_key)
-
-
 def _pair_capacity(pair: _Pair) -> int:
-    """How many distinct quantities give an in-range answer for this pair."""
-    integers, one_dp, two_dp = _quantity_support()
+    """How many distinct quantities give an in-range answer for this pair (a lower bound for temperature)."""
     if pair.factor is None:
-        n = len(integers) + len(one_dp) + len(two_dp)
-        return n if pair.src.key == "kelvin" else 2 * n
+        return 1000
+    support = _quantity_support()
     lo, hi = MIN_ABS_ANSWER / pair.factor, MAX_ABS_ANSWER / pair.factor
-    total = 0
-    for values in (integers, one_dp, two_dp):
-        total += bisect.bisect_right(values, hi) - bisect.bisect_left(values, lo)
-    return total
+    return bisect.bisect_right(support, hi) - bisect.bisect_left(support, lo)
 
 
-def _triple(quantity: float, src: str, dst: str) -> tuple[float, str, str]:
-    """Identity of a question regardless of phrasing."""
-    return (quantity, src, dst)
-
-
-def _is_validation_triple(triple: tuple[float, str, str]) -> bool:
+def _is_validation_triple(quantity: float, src: str, dst: str) -> bool:
     """Stable (seed- and process-independent) hash partition of triples."""
-    digest = hashlib.blake2b(f"{triple[0]!r}|{triple[1]}|{triple[2]}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{quantity!r}|{src}|{dst}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64 < _VALIDATION_FRACTION
 
 
-def _question_stream(
-    rng: random.Random, pairs: Mapping[str, Sequence[_Pair]]
-) -> Iterator[ConversionQuestion]:
-    """Endless stream of questions: family uniform, pair uniform, friendly quantity."""
+# --------------------------------------------------------------------------- drawing
+
+
+def _render(rng: random.Random, template: Template, quantity: float, src: Unit, dst: Unit, heldout: bool) -> str:
+    """Fill a template; the source unit is singular only when the quantity is exactly +-1."""
+    singular = abs(quantity) == 1
+    src_spelling = pick_spelling(rng, src, singular=singular, heldout=heldout)
+    if "{q} {src}" in template.text:  # a quantity right before its unit can be a word: "a mile", "three cups"
+        q = say_quantity(rng, quantity, src, src_spelling)
+    else:
+        q = format_quantity(quantity, rng)
+    text = template.text.format(
+        q=q,
+        units="unit" if singular else "units",
+        src=src_spelling,
+        src_name=pick_spelling(rng, src, singular=False, heldout=heldout),
+        dst=pick_spelling(rng, dst, singular=False, heldout=heldout),
+    )
+    return casual(rng, text, first_is_word=not template.text.startswith("{"))
+
+
+def _question_stream(rng: random.Random, pairs: Mapping[str, Sequence[_Pair]], heldout: bool) -> Iterator[ConversionQuestion]:
+    """Endless stream: family by its share, pair by weight, readable quantity, a template of the right set."""
     family_names = list(pairs)
-    general = [t for t in TEMPLATES if not t.counting]
+    weights = {fam: [p.weight for p in fam_pairs] for fam, fam_pairs in pairs.items()}
+    shares = _family_shares({fam: sum(w) for fam, w in weights.items()})
+    templates = {fam: [t for t in (HELDOUT if heldout else TRAIN) if t.fits(fam)] for fam in pairs}
     while True:
-        fam = rng.choice(family_names)
-        pair = rng.choice(pairs[fam])
-        allow_negative = fam == "temperature" and pair.src.key != "kelvin"
+        fam = rng.choices(family_names, shares)[0]
+        pair = rng.choices(pairs[fam], weights[fam])[0]
         for _ in range(50):
-            quantity = _sample_quantity(rng, allow_negative)
+            if fam == "temperature":
+                quantity = _sample_temperature(rng, pair.src.key)
+            else:
+                quantity = _sample_quantity(rng)
             answer = convert(quantity, pair.src.key, pair.dst.key)
             if _answer_in_range(fam, answer):
                 break
         else:
             continue
-        template = rng.choice(general if fam == "temperature" else TEMPLATES)
+        text, value = working(quantity, pair.src.key, pair.dst.key)
         yield ConversionQuestion(
-            question=_render(rng, template, quantity, pair.src, pair.dst),
+            question=_render(rng, rng.choice(templates[fam]), quantity, pair.src, pair.dst, heldout),
             answer=answer,
             family=fam,
             quantity=quantity,
             source_unit=pair.src.key,
             target_unit=pair.dst.key,
+            working=text,
+            worked_value=value,
         )
 
 
-def _prepare(
-    n: int, families: Sequence[str] | None, units: Mapping[str, Sequence[str]] | None
-) -> dict[str, list[_Pair]]:
+def _family_shares(totals: Mapping[str, float]) -> list[float]:
+    """Each family's share of the questions: its pairs' total weight, floored at ``_MIN_FAMILY_SHARE``."""
+    floor = min(_MIN_FAMILY_SHARE, 1.0 / len(totals))
+    shares = {fam: total / sum(totals.values()) for fam, total in totals.items()}
+    low = {fam for fam, share in shares.items() if share < floor}
+    rest = sum(share for fam, share in shares.items() if fam not in low)
+    scale = (1.0 - floor * len(low)) / rest if rest else 0.0
+    return [floor if fam in low else share * scale for fam, share in shares.items()]
+
+
+def _prepare(n: int, families: Sequence[str] | None, units: Mapping[str, Sequence[str]] | None) -> dict[str, list[_Pair]]:
     """Validate everything and check capacity before any question is drawn."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"number of questions must be a non-negative int, got {n!r}")
@@ -661,29 +338,41 @@ def _max_draws(n: int) -> int:
     return 60 * n + 10_000
 
 
+class _Collector:
+    """Keeps questions unique by normalised text and, for validation sets, by (quantity, source, target).
+
+    Training may ask for the same conversion again in other words (a family with few distinct
+    conversions, temperature, would otherwise run dry and be under-represented); validation never
+    repeats one, so each of its questions is a separate measurement.
+    """
+
+    def __init__(self) -> None:
+        self.triples: set[tuple[float, str, str]] = set()
+        self.texts: set[str] = set()
+
+    def take(self, q: ConversionQuestion, unique_triple: bool = True) -> bool:
+        triple, text = (q.quantity, q.source_unit, q.target_unit), normalize_question(q.question)
+        if text in self.texts or (unique_triple and triple in self.triples):
+            return False
+        self.triples.add(triple)
+        self.texts.add(text)
+        return True
+
+
 def generate_questions(
-    n: int,
-    seed: int,
-    families: Sequence[str] | None = None,
-    units: Mapping[str, Sequence[str]] | None = None,
+    n: int, seed: int, families: Sequence[str] | None = None, units: Mapping[str, Sequence[str]] | None = None
 ) -> list[ConversionQuestion]:
     """``n`` unique questions (distinct text and distinct (quantity, src, dst)), deterministic in ``seed``."""
     pairs = _prepare(n, families, units)
-    rng = random.Random(seed)
+    stream = _question_stream(random.Random(seed), pairs, heldout=False)
+    seen = _Collector()
     out: list[ConversionQuestion] = []
-    seen_triples: set[tuple[float, str, str]] = set()
-    seen_texts: set[str] = set()
-    stream = _question_stream(rng, pairs)
     for _ in range(_max_draws(n)):
         if len(out) >= n:
             break
         q = next(stream)
-        triple, text = _triple(q.quantity, q.source_unit, q.target_unit), normalize_question(q.question)
-        if triple in seen_triples or text in seen_texts:
-            continue
-        seen_triples.add(triple)
-        seen_texts.add(text)
-        out.append(q)
+        if seen.take(q):
+            out.append(q)
     if len(out) < n:
         raise ValueError(f"could only generate {len(out)} of {n} unique questions; widen families/units")
     return out
@@ -695,41 +384,46 @@ def generate_splits(
     seed: int,
     families: Sequence[str] | None = None,
     units: Mapping[str, Sequence[str]] | None = None,
-) -> tuple[list[ConversionQuestion], list[ConversionQuestion]]:
-    """Train/validation lists, disjoint by normalised text and by (quantity, src, dst).
+    n_unseen: int = 0,
+) -> Splits:
+    """Training, validation and unseen-phrasing validation sets, pairwise disjoint by text and by triple.
 
-    Each triple is assigned to train or validation by a stable hash (about 20%
-    validation), so even splits drawn with different seeds never share a triple.
+    ``val`` is phrased like training; ``val_unseen`` only with held-out templates and (where a
+    unit has them) held-out spellings, never seen in training. Validation questions are distinct
+    conversions; training questions are distinct texts (a conversion may come back phrased
+    otherwise, see ``_Collector``).
     """
-    if isinstance(n_val, bool) or not isinstance(n_val, int) or n_val < 0:
-        raise ValueError(f"n_val must be a non-negative int, got {n_val!r}")
-    if isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 0:
-        raise ValueError(f"n_train must be a non-negative int, got {n_train!r}")
-    pairs = _prepare(n_train + n_val, families, units)
+    for name, value in (("n_train", n_train), ("n_val", n_val), ("n_unseen", n_unseen)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    pairs = _prepare(n_train + n_val + n_unseen, families, units)
     rng = random.Random(seed)
+    seen = _Collector()
     train: list[ConversionQuestion] = []
     val: list[ConversionQuestion] = []
-    seen_triples: set[tuple[float, str, str]] = set()
-    seen_texts: set[str] = set()
-    stream = _question_stream(rng, pairs)
+    stream = _question_stream(rng, pairs, heldout=False)
     # Validation triples are ~20% of draws, so allow proportionally more draws for them.
     budget = _max_draws(n_train) + _max_draws(n_val) * int(1 / _VALIDATION_FRACTION)
     for _ in range(budget):
         if len(train) >= n_train and len(val) >= n_val:
             break
         q = next(stream)
-        triple, text = _triple(q.quantity, q.source_unit, q.target_unit), normalize_question(q.question)
-        if triple in seen_triples or text in seen_texts:
-            continue
-        target, limit = (val, n_val) if _is_validation_triple(triple) else (train, n_train)
-        if len(target) >= limit:
-            continue
-        seen_triples.add(triple)
-        seen_texts.add(text)
-        target.append(q)
-    if len(train) < n_train or len(val) < n_val:
+        validation = _is_validation_triple(q.quantity, q.source_unit, q.target_unit)
+        target, limit = (val, n_val) if validation else (train, n_train)
+        if len(target) < limit and seen.take(q, unique_triple=validation):
+            target.append(q)
+    unseen: list[ConversionQuestion] = []
+    unseen_stream = _question_stream(random.Random(f"{seed}-unseen"), pairs, heldout=True)
+    for _ in range(_max_draws(n_unseen) * int(1 / _VALIDATION_FRACTION)):
+        if len(unseen) >= n_unseen:
+            break
+        q = next(unseen_stream)
+        if _is_validation_triple(q.quantity, q.source_unit, q.target_unit) and seen.take(q):
+            unseen.append(q)
+    if len(train) < n_train or len(val) < n_val or len(unseen) < n_unseen:
         raise ValueError(
-            f"could only generate {len(train)}/{n_train} train and {len(val)}/{n_val} validation questions "
-            f"(validation holds ~{_VALIDATION_FRACTION:.0%} of all combinations); widen families/units or ask for fewer"
+            f"could only generate {len(train)}/{n_train} train, {len(val)}/{n_val} validation and "
+            f"{len(unseen)}/{n_unseen} unseen-phrasing questions (validation holds ~{_VALIDATION_FRACTION:.0%} of all "
+            "combinations); widen families/units or ask for fewer"
         )
-    return train, val
+    return Splits(train, val, unseen)

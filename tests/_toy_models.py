@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from collections.abc import Iterable
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any
 
 import lightning as L
 import torch
@@ -78,13 +78,13 @@ class ToyLM(L.LightningModule):
 
     def __init__(
         self,
-        fault: Optional[str] = None,
+        fault: str | None = None,
         fault_steps: Iterable[int] = (),
         optimizer: str = "adamw",
         lr: float = 0.05,
         weight_decay: float = 0.1,
-        nan_lr_at: Optional[int] = None,
-        fault_rank: Optional[int] = None,
+        nan_lr_at: int | None = None,
+        fault_rank: int | None = None,
         loss_norm: str = "tokens",
     ) -> None:
         super().__init__()

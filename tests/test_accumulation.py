@@ -36,7 +36,7 @@ def _gradients(batch_size: int, accumulate: int, examples: list[Example] | None 
     module = SFTModule(model="tiny-random", lora_r=4, lora_dropout=0.0)
     module.configure_model()
     torch.manual_seed(1)
-    for name, param in module.named_parameters():  # non-zero LoRA B so every LoRA tensor gets a gradient
+    for _name, param in module.named_parameters():  # non-zero LoRA B so every LoRA tensor gets a gradient
         if param.requires_grad:
             param.data.normal_(0, 0.05)
     loader = DataLoader(examples or _examples(), batch_size=batch_size, shuffle=False, collate_fn=TrainCollator(pad_token_id=0))

@@ -50,8 +50,8 @@ def test_harness_runs_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
 
     validation = json.loads((results / "validation_speed.json").read_text())
     assert validation["config"]["questions"] == 8
-    assert set(validation["seconds"]) == {"sftl_validate", "sftl_generate", "hf_generate", "sftl_generate_merged"}
-    assert validation["prediction_agreement_merged_vs_sftl_generate"] > 0
+    assert set(validation["seconds"]) == {"sftl_validate", "sftl_generate", "hf_generate", "sftl_generate_unmerged"}
+    assert validation["prediction_agreement_merged_vs_unmerged"] > 0
 
     text = readme.read_text()
     assert "old table" not in text and "| paired ratio |" in text and text.endswith("after\n")
@@ -99,3 +99,29 @@ def test_same_batch_ratio_pairs_step_j_with_step_j() -> None:
     assert same_batch_ratio([2.0, 4.0, 6.0], [1.0, 2.0, 3.0]) == 2.0
     with pytest.raises(ValueError, match="different lengths"):
         same_batch_ratio([1.0], [1.0, 2.0])
+
+
+@pytest.mark.slow
+def test_learning_comparison_runs_two_budgeted_arms_on_the_tiny_model(tmp_path: Path) -> None:
+    """`python -m benchmarks.learning`: each arm a real budgeted fit through the CLI, results and table."""
+    readme = tmp_path / "README.md"
+    kind = "cpu-test"
+    readme.write_text(f"x\n<!-- learning-table:{kind}:start -->\nold\n<!-- learning-table:{kind}:end -->\ny\n")
+    results = tmp_path / "learning.json"
+    command = [
+        sys.executable, "-m", "benchmarks.learning", "--arms", "worked", "bare", "--minutes", "0.3",
+        "--out-dir", str(tmp_path / "runs"), "--results", str(results), "--readme", str(readme), "--kind", kind, "--",
+        "--model.model", "tiny-random", "--model.compile", "false", "--model.max_new_tokens", "8",
+        "--data.train_size", "400", "--data.max_length", "256", "--data.eval_batch_size", "64",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    arms = {arm["arm"]: arm for arm in json.loads(results.read_text())["arms"]}
+    assert set(arms) == {"worked", "bare"}
+    for arm in arms.values():
+        assert arm["steps"] > 0 and "ended by the budget" in arm["summary"]
+        assert {"val/accuracy", "val_unseen/accuracy", "handwritten/accuracy"} <= set(arm)
+    assert "--data.answer_format bare" in arms["bare"]["command"]
+    text = readme.read_text()
+    assert "old" not in text and "| bare `<answer>` only |" in text and text.endswith("y\n")

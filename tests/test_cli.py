@@ -87,7 +87,7 @@ def test_smoke_fit_then_validate_from_checkpoint_and_adapter(tmp_path: Path) -> 
     assert from_adapter.returncode == 0, from_adapter.stderr[-3000:]
 
     def val_loss(out: str) -> float:
-        line = next(l for l in out.splitlines() if l.startswith("val/loss"))
+        line = next(row for row in out.splitlines() if row.startswith("val/loss"))
         return float(line.split()[1])
 
     # Same weights through either route -> the same validation loss as the end of training.
@@ -117,6 +117,8 @@ def test_short_fit_on_embedded_model(tmp_path: Path) -> None:
         "--trainer.log_every_n_steps", "1",
         "--data.train_size", "240",
         "--data.val_size", "20",
+        "--data.unseen_val_size", "0",
+        "--data.extra_val_files", "null",
         "--data.batch_size", "8",
         cwd=tmp_path,
         timeout=900,
@@ -150,7 +152,7 @@ base_path = json.load(open(f"{adapter}/adapter_config.json"))["base_model_name_o
 base = AutoModelForCausalLM.from_pretrained(base_path)
 model = PeftModel.from_pretrained(base, adapter).eval()
 tok = AutoTokenizer.from_pretrained(adapter)
-prompt = "How many meters are in 6 km?\n"  # sft_lightning.prompt.format_prompt's format
+prompt = "\nHow many meters are in 6 km?\n"  # sft_lightning.prompt.format_prompt's format
 ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
 out = model.generate(**ids, max_new_tokens=16, do_sample=False)
 print(tok.decode(out[0, ids["input_ids"].shape[1]:]))

@@ -9,16 +9,11 @@ import math
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.plugins import MixedPrecision
-from torch.utils.data import DataLoader, TensorDataset
-
 from _toy_models import (
     AttrBatches,
     MLPClassifier,
@@ -29,6 +24,11 @@ from _toy_models import (
     lm_loader,
     states_equal,
 )
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins import MixedPrecision
+from torch.utils.data import DataLoader, TensorDataset
+
 from callbacks import GradientHealth, NonFiniteTrainingError
 from callbacks import _diagnosis as dx
 
@@ -49,7 +49,7 @@ def fp16_scaler_plugin(**scaler_kwargs: Any) -> MixedPrecision:
     return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", **scaler_kwargs))
 
 
-def make_trainer(tmp_path: Path, cb: Optional[GradientHealth], *, scaler: bool = False, **kwargs: Any) -> L.Trainer:
+def make_trainer(tmp_path: Path, cb: GradientHealth | None, *, scaler: bool = False, **kwargs: Any) -> L.Trainer:
     options: dict[str, Any] = dict(
         accelerator="cpu",
         max_steps=MAX_STEPS,
@@ -65,7 +65,7 @@ def make_trainer(tmp_path: Path, cb: Optional[GradientHealth], *, scaler: bool =
     return L.Trainer(**options)
 
 
-def fit(trainer: L.Trainer, model: L.LightningModule, loader: Any) -> Optional[NonFiniteTrainingError]:
+def fit(trainer: L.Trainer, model: L.LightningModule, loader: Any) -> NonFiniteTrainingError | None:
     try:
         trainer.fit(model, loader)
     except NonFiniteTrainingError as err:
@@ -107,7 +107,7 @@ CASES: dict[str, dict[str, Any]] = {
 MODES = ("abort", "skip", "rollback")
 
 
-def expected_action(case: str, mode: str) -> Optional[str]:
+def expected_action(case: str, mode: str) -> str | None:
     if case == "inf_grad_scaler_transient":
         return None  # the scaler's normal back-off: counted, never a trip
     if case == "persistent_overflow":
@@ -465,7 +465,7 @@ def test_one_host_sync_per_optimizer_step(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 @pytest.mark.parametrize("written_at", [None, 4])
 def test_one_weight_pass_per_healthy_step(
-    written_at: Optional[int], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    written_at: int | None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The weights are read once per step (after the update); the pre-step pass runs only on the first step and
     after an in-place write to the weights that the post-update check did not see."""

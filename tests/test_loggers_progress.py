@@ -11,8 +11,8 @@ import lightning.fabric.loggers.tensorboard as fabric_tensorboard
 import pytest
 import torch
 import yaml
-
 from _cli_runs import REPO, SMOKE, run_cli
+
 from callbacks import GradientHealth
 from sft_lightning.cli import build_cli, main
 

@@ -142,7 +142,7 @@ def test_unreachable_hub_id_fails_fast_offline(loader, tmp_path: Path, monkeypat
     assert f"'{UNKNOWN_HUB_ID}'" in message
     assert "unreachable" in message or "offline" in message
     assert "embedded" in message
-    assert constants.HF_HUB_OFFLINE == before  # the offline switch is scoped to the call
+    assert before == constants.HF_HUB_OFFLINE  # the offline switch is scoped to the call
 
 
 class _RecordingFactory:

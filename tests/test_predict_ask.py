@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _cli_runs import (
     REPO,
     SMOKE,
@@ -26,6 +25,7 @@ from _cli_runs import (
     run_cli,
     run_main,
 )
+
 from sft_lightning.metrics import parse_answer
 from sft_lightning.records import load_questions
 
@@ -58,7 +58,7 @@ def parse_ask_output(stdout: str) -> list[dict[str, str]]:
 def predict(cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
     result = run_cli("predict", "--config", SMOKE, "--model.max_new_tokens", "24", *args, cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
-    line = next(l for l in result.stdout.splitlines() if l.startswith("predictions "))
+    line = next(row for row in result.stdout.splitlines() if row.startswith("predictions "))
     return result, read_jsonl(cwd / line.split(None, 1)[1])
 
 
@@ -228,6 +228,7 @@ def test_readme_walkthrough_on_the_embedded_model(tmp_path: Path) -> None:
         "fit", "--config", embedded,
         "--trainer.max_steps", "30", "--trainer.log_every_n_steps", "5",
         "--data.train_size", "240", "--data.val_size", "20", "--data.batch_size", "8",
+        "--data.unseen_val_size", "0", "--data.extra_val_files", "null",
         cwd=tmp_path, timeout=900,
     )
     assert fit.returncode == 0, fit.stderr[-3000:]

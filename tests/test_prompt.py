@@ -12,18 +12,25 @@ from sft_lightning.prompt import ANSWER_CLOSE, ANSWER_OPEN, format_answer, forma
 
 
 def test_format_prompt_exact_structure() -> None:
-    assert format_prompt("How many metres in a mile?") == "How many metres in a mile?\n"
+    # the leading newline keeps the question's first token off position 0 (see format_prompt)
+    assert format_prompt("How many metres in a mile?") == "\nHow many metres in a mile?\n"
 
 
 def test_format_prompt_strips_question() -> None:
     prompt = format_prompt("  \n Convert 5 kg to lb \t\n")
-    assert prompt == "Convert 5 kg to lb\n"
+    assert prompt == "\nConvert 5 kg to lb\n"
     assert prompt.endswith("\n")  # generation continues right here
 
 
 def test_format_prompt_keeps_inner_text_verbatim() -> None:
     question = "Line one\n  line two: 3°C -> °F?"
-    assert format_prompt(question) == f"{question}\n"
+    assert format_prompt(question) == f"\n{question}\n"
+
+
+def test_format_answer_writes_the_working_before_the_tag() -> None:
+    target = format_answer(1.83, 3, working="1 ft = 0.305 m; 6×0.305=")
+    assert target == "1 ft = 0.305 m; 6×0.305=<answer>1.83</answer>"
+    assert parse_answer(target) == 1.83  # the metric reads the tag, not the numbers before it
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from _cli_runs import SMOKE, assert_clean_error, run_cli, run_main
+
 from sft_lightning.report import PANEL_TITLES, build_figure, load_run, summary_lines, write_report
 from sft_lightning.run_files import Mark, read_marks, read_metrics
 
@@ -87,8 +87,8 @@ def test_report_command_writes_png_and_summary_from_metrics_csv(smoke_run: Path)
         f"plot               {png}",
     ]
     for line in expected:
-        assert any(l.startswith(line) for l in lines), f"{line!r} not in:\n{result.stdout}"
-    assert any(l.startswith("wall time          ") and " s (config.yaml written" in l for l in lines)
+        assert any(row.startswith(line) for row in lines), f"{line!r} not in:\n{result.stdout}"
+    assert any(row.startswith("wall time          ") and " s (config.yaml written" in row for row in lines)
     assert len(tokens) == 4 and all(v > 0 for v in tokens)  # logged at every log step (every 2 of 8)
 
 

@@ -21,7 +21,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 import pytest
@@ -118,7 +118,7 @@ def make_trainer(tmp_path: Path, callbacks: list[Callback], precision: str) -> L
     )
 
 
-def fit(trainer: L.Trainer, module: SFTModule, data: SFTDataModule) -> Optional[NonFiniteTrainingError]:
+def fit(trainer: L.Trainer, module: SFTModule, data: SFTDataModule) -> NonFiniteTrainingError | None:
     L.seed_everything(SEED, verbose=False)
     try:
         trainer.fit(module, datamodule=data)

@@ -1,4 +1,5 @@
-"""Tests for sft_lightning.unitconv: hand-checked factors, pint traps, generator properties."""
+"""Tests for the unit table (sft_lightning.units) and the generator (sft_lightning.unitconv):
+hand-checked factors, pint traps, conventions, generator properties, held-out phrasings."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import math
 import re
 
 import pytest
+from _templates import template_regex
 
-from sft_lightning import unitconv
+from sft_lightning import unitconv, units
+from sft_lightning.phrasings import HELDOUT
 from sft_lightning.unitconv import (
     FAMILIES,
     TEMPLATES,
@@ -44,6 +47,10 @@ HAND_CHECKED: list[tuple[float, str, str, float, float]] = [
     (16, "ounces", "pounds", 1, EXACT),
     (5, "kg", "pounds", 11.023113109243878, 1e-12),  # 5 / 0.45359237
     (2500, "mg", "g", 2.5, EXACT),
+    (1, "ton", "lb", 2000, EXACT),  # US short ton, pint's `ton`
+    (1, "tonne", "lb", 2204.6226218487757, 1e-12),  # 1000 / 0.45359237
+    (1, "long ton", "lb", 2240, EXACT),
+    (1, "mcg", "mg", 0.001, EXACT),
     # time
     (1, "h", "s", 3600, EXACT),
     (1, "day", "min", 1440, EXACT),
@@ -53,6 +60,8 @@ HAND_CHECKED: list[tuple[float, str, str, float, float]] = [
     (1, "century", "decades", 10, EXACT),
     (2, "hours", "minutes", 120, EXACT),
     (1500, "ms", "s", 1.5, EXACT),
+    (1, "month", "days", 30.4375, EXACT),  # a twelfth of the Julian year, pint's `month`
+    (12, "months", "years", 1, EXACT),
     # volume
     (1, "gal", "L", 3.785411784, EXACT),  # 231 in^3
     (1, "imperial gallon", "L", 4.54609, EXACT),
@@ -65,6 +74,9 @@ HAND_CHECKED: list[tuple[float, str, str, float, float]] = [
     (1000, "mm**3", "cm**3", 1, EXACT),
     (3.5, "liters", "milliliters", 3500, EXACT),
     (4, "gallons", "liters", 15.141647136, EXACT),
+    (1, "tbsp", "tsp", 3, EXACT),
+    (1, "cup", "tbsp", 16, EXACT),
+    (1, "cu ft", "L", 28.316846592, EXACT),
     # speed
     (1, "mph", "km/h", 1.609344, EXACT),
     (1, "mi/h", "kmh", 1.609344, EXACT),
@@ -83,6 +95,8 @@ HAND_CHECKED: list[tuple[float, str, str, float, float]] = [
     (1, "Mb", "B", 125000, EXACT),
     (1, "TB", "GB", 1000, EXACT),
     (1, "GB", "Mb", 8000, EXACT),
+    (1, "byte", "bit", 8, EXACT),
+    (1, "kbit", "B", 125, EXACT),
     # area
     (1, "acre", "m²", 4046.8564224, EXACT),  # international acre = 43560 ft^2
     (1, "ha", "m^2", 10000, EXACT),
@@ -139,7 +153,7 @@ def test_hand_checked_conversion(value: float, source: str, target: str, expecte
 
 
 def test_decade_is_ten_years_not_pints_logarithmic_unit() -> None:
-    ureg = unitconv._registry()
+    ureg = units.registry()
     assert not ureg.get_dimensionality("decade")  # the trap: pint's decade is logarithmic, dimensionless
     assert resolve_unit("decade") == "decade"
     assert resolve_unit("decades") == "decade"
@@ -147,7 +161,7 @@ def test_decade_is_ten_years_not_pints_logarithmic_unit() -> None:
 
 
 def test_acre_is_international_not_pints_survey_acre() -> None:
-    ureg = unitconv._registry()
+    ureg = units.registry()
     pint_acre = float(ureg.parse_expression("acre").to("meter ** 2").magnitude)
     assert pint_acre == pytest.approx(4046.8726, rel=1e-7)  # the trap: US survey acre
     assert convert(1, "acre", "m²") == pytest.approx(4046.8564224, rel=1e-12)
@@ -254,17 +268,10 @@ def big_set() -> list[ConversionQuestion]:
     return generate_questions(4000, seed=123)
 
 
-def _template_regex(text: str) -> re.Pattern[str]:
-    pattern = re.escape(text[0].upper() + text[1:] if not text.startswith("{") else text)
-    for name in ("q", "src", "dst"):
-        pattern = pattern.replace(re.escape("{" + name + "}"), ".+?")
-    return re.compile(f"^{pattern}$")
-
-
 def test_enough_templates_and_all_used(big_set: list[ConversionQuestion]) -> None:
-    assert len(TEMPLATES) >= 12
+    assert len(TEMPLATES) >= 40 and len(HELDOUT) >= 8
     for template in TEMPLATES:
-        regex = _template_regex(template.text)
+        regex = template_regex(template.text)
         assert any(regex.match(q.question) for q in big_set), template.text
 
 
@@ -281,25 +288,31 @@ def test_answers_finite_and_in_range(big_set: list[ConversionQuestion]) -> None:
     for q in big_set:
         assert math.isfinite(q.answer)
         if q.family != "temperature":
-            assert 0.01 <= abs(q.answer) <= 1e6, q
+            assert unitconv.MIN_ABS_ANSWER <= abs(q.answer) <= unitconv.MAX_ABS_ANSWER, q
             assert q.quantity > 0
 
 
 def test_answers_match_convert_and_question_mentions_quantity(big_set: list[ConversionQuestion]) -> None:
     for q in big_set[:500]:
         assert q.answer == convert(q.quantity, q.source_unit, q.target_unit)
-        assert unitconv.format_quantity(q.quantity) in q.question
+        said = {unitconv.format_quantity(q.quantity)} | ({"a", "an", "one"} if q.quantity == 1 else set()) | set(_WORDS.get(q.quantity, ()))
+        assert any(re.search(rf"(?<![\w.]){re.escape(s)}\b", q.question.replace(",", "")) for s in said), q.question
         assert unitconv.family_of(q.source_unit) == unitconv.family_of(q.target_unit) == q.family
         assert q.source_unit != q.target_unit
+
+
+_WORDS = {2: ("two",), 3: ("three",), 4: ("four",), 5: ("five",), 6: ("six",), 7: ("seven",), 8: ("eight",), 9: ("nine",), 10: ("ten",)}
 
 
 def test_singular_unit_when_quantity_is_one(big_set: list[ConversionQuestion]) -> None:
     ones = [q for q in big_set if abs(q.quantity) == 1]
     assert ones
-    plurals = {u.plural for u in unitconv._UNITS if u.plural != u.singular}
+    plurals = {plural for u in units.UNITS for singular, plural in u.names if plural != singular}
     for q in ones:
-        after = q.question.split(unitconv.format_quantity(q.quantity) + " ", 1)[1]
-        assert not any(after.startswith(p + " ") or after.startswith(p + ",") for p in plurals), q.question
+        if unitconv.format_quantity(q.quantity) + " " not in q.question:
+            continue  # the quantity ends the question ("km to m: 1")
+        after = q.question.split(unitconv.format_quantity(q.quantity) + " ", 1)[1].lower()
+        assert not any(after.startswith(p.lower() + " ") or after.startswith(p.lower() + ",") for p in plurals), q.question
 
 
 def test_surface_forms_vary(big_set: list[ConversionQuestion]) -> None:
@@ -317,8 +330,7 @@ def test_deterministic_and_seed_sensitive() -> None:
     a = generate_questions(300, seed=7)
     assert a == generate_questions(300, seed=7)
     assert a != generate_questions(300, seed=8)
-    train, val = generate_splits(200, 50, seed=7)
-    assert (train, val) == generate_splits(200, 50, seed=7)
+    assert generate_splits(200, 50, seed=7, n_unseen=20) == generate_splits(200, 50, seed=7, n_unseen=20)
 
 
 def test_family_and_unit_restriction() -> None:
@@ -329,19 +341,18 @@ def test_family_and_unit_restriction() -> None:
 
 
 def test_splits_disjoint_and_sized() -> None:
-    train, val = generate_splits(2000, 400, seed=3)
-    assert (len(train), len(val)) == (2000, 400)
-    train_text = {normalize_question(q.question) for q in train}
-    val_text = {normalize_question(q.question) for q in val}
-    assert not train_text & val_text
-    train_triples = {(q.quantity, q.source_unit, q.target_unit) for q in train}
-    val_triples = {(q.quantity, q.source_unit, q.target_unit) for q in val}
-    assert not train_triples & val_triples
-    assert len(train_triples) == 2000 and len(val_triples) == 400
-    assert {q.family for q in val} == set(FAMILIES)
+    train, val, unseen = generate_splits(2000, 400, seed=3, n_unseen=200)
+    assert (len(train), len(val), len(unseen)) == (2000, 400, 200)
+    texts = [{normalize_question(q.question) for q in part} for part in (train, val, unseen)]
+    triples = [{(q.quantity, q.source_unit, q.target_unit) for q in part} for part in (train, val, unseen)]
+    # every question is a distinct text; validation questions are distinct conversions too
+    assert [len(t) for t in texts] == [2000, 400, 200] and [len(t) for t in triples[1:]] == [400, 200]
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        assert not texts[a] & texts[b] and not triples[a] & triples[b]
+    assert {q.family for q in val} == {q.family for q in unseen} == set(FAMILIES)
     # Partition is by stable hash, so a validation set never meets another seed's training set.
-    other_train, _ = generate_splits(2000, 0, seed=99)
-    assert not {(q.quantity, q.source_unit, q.target_unit) for q in other_train} & val_triples
+    other_train = generate_splits(2000, 0, seed=99).train
+    assert not {(q.quantity, q.source_unit, q.target_unit) for q in other_train} & (triples[1] | triples[2])
 
 
 def test_module_does_not_import_torch() -> None:

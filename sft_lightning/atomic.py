@@ -1,0 +1,87 @@
+"""Writing files and directories atomically: a reader (or a crash) sees the old one or the whole new one.
+
+Every writer of ``sft_lightning`` goes through these two context managers (checkpoints, the
+exported adapter, the converted GGUF cache, predictions, the report figure). The recipe: write a
+temporary sibling in the same directory (same filesystem, so the rename is atomic; not the
+system temp directory, which may be another filesystem where a "move" is a copy), fsync what
+was written, ``os.replace`` it into place, then fsync the directory so the rename itself
+survives a power cut. ``callbacks/`` keeps its own small copy so it stays standalone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``path`` for writing; on a clean exit it replaces ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # KeyboardInterrupt/SystemExit too: never leave the temporary file behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path, keep_existing: bool = False) -> Iterator[Path]:
+    """A temporary sibling directory to fill; on a clean exit it replaces ``path``.
+
+    ``keep_existing``: if ``path`` appears meanwhile (another process finished the same work
+    first, e.g. a shared cache), keep that one and drop ours.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                _fsync_file(file)
+        old = None
+        if path.exists() and not keep_existing:
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not (keep_existing and path.exists()):
+                raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        fsync_directory(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_directory(directory: str | Path) -> None:
+    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

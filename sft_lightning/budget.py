@@ -1,0 +1,270 @@
+"""A wall-clock budget for ``fit``: the run ends on time *with its learning-rate schedule complete*.
+
+Lightning's ``max_time`` stops a run when the time is up, wherever its schedule is: a cosine
+decay planned for 3 epochs and cut after 1.2 never reaches its low learning rate, which is where
+most of the accuracy is won. Here the schedule is a function of the elapsed share of the budget
+("Budgeted Training", Li, Yumer and Ramanan, ICLR 2020), so a faster machine takes more steps,
+a slower one fewer, and both finish their decay when the time is up.
+
+The clock starts when the callback is created (for the CLI: right after the config is parsed),
+so everything the command does counts: building the data, loading the model, compilation,
+training, validation and export. What the plan reserves:
+- the final validation, estimated before the first step by the module's
+  ``estimate_validation_seconds()`` (``SFTModule`` times one real generation batch) or, for other
+  modules, from validations measured in this run, else ``validation_share`` of the budget;
+- ``end_seconds`` for the export and the last checkpoint.
+The schedule's clock (``progress``) starts after the first optimizer step, so one-off work in it
+(``torch.compile``) neither eats the warm-up nor counts as schedule time. Validations during
+training are measured and their time is taken out of the training time left.
+
+``fit --ckpt_path last`` continues the budget: the time already used and the phase totals are
+saved in the checkpoint (``state_dict``), and a resumed run gets what is left.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from sft_lightning.errors import ConfigError, finite
+
+PHASES = ("setup", "first_step", "training", "validation", "end")
+
+
+class BudgetError(ConfigError):
+    """The budget is invalid or leaves no time to train; the message says how the time was spent and the fix."""
+
+
+class TimeBudget(Callback):
+    """Train for ``minutes`` of wall time in all, with the learning-rate schedule tied to it.
+
+    The CLI has it as ``--budget.minutes`` (``budget:`` in a config); elsewhere add it to the
+    Trainer's callbacks.
+
+    Args:
+        minutes: the whole ``fit``, from this callback's creation to the end of the final validation
+            and export. None: no budget (the callback does nothing; step- or epoch-based training).
+        end_seconds: reserved after the final validation (adapter export, last checkpoint).
+        validation_safety: factor on the estimated validation time (estimates are from one batch).
+        validation_share: share of the budget reserved for the final validation when nothing can
+            estimate it (a module without ``estimate_validation_seconds`` and no validation yet).
+        clock: a monotonic clock in seconds (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        minutes: float | None = None,
+        end_seconds: float = 10.0,
+        validation_safety: float = 1.2,
+        validation_share: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        for ok, key, value, allowed in (
+            (minutes is None or (finite(minutes) and minutes > 0), "minutes", minutes, "a positive number (or null: no budget)"),
+            (finite(end_seconds) and end_seconds >= 0, "end_seconds", end_seconds, ">= 0"),
+            (finite(validation_safety) and validation_safety >= 1, "validation_safety", validation_safety, ">= 1"),
+            (finite(validation_share) and 0 <= validation_share < 1, "validation_share", validation_share, "in [0, 1)"),
+        ):
+            if not ok:
+                raise BudgetError(f"budget.{key} must be {allowed}, got {value!r}. Fix: set budget.{key} to a value that is {allowed}.")
+        self.active = minutes is not None
+        self.budget_s = 60.0 * minutes if minutes is not None else math.inf
+        self.end_s = end_seconds
+        self.validation_safety = validation_safety
+        self.validation_share = validation_share
+        self.clock = clock
+        self._created = clock()
+        self._used_before = 0.0  # seconds used by earlier processes of this run (resume)
+        self.phases: dict[str, float] = dict.fromkeys(PHASES, 0.0)
+        self.steps = 0
+        self.examples = 0
+        self.validation_reserve_s: float | None = None
+        self.progress = 0.0
+        self.stopped_by_budget = False
+        self._mark: float | None = None  # start of the phase being timed
+        self._schedule_s = 0.0  # training time on the schedule's clock (after the first step)
+        self._stepped = False  # a step done in this process (the first one compiles, again after a resume)
+        self._last_validation_s: float | None = None
+
+    # ------------------------------------------------------------------ the clock
+    def used(self) -> float:
+        """Seconds of the budget used so far (earlier processes of a resumed run included)."""
+        return self._used_before + self.clock() - self._created
+
+    def remaining_training(self) -> float:
+        """Seconds of training left once the final validation and the end are reserved."""
+        reserve = self.validation_reserve_s if self.validation_reserve_s is not None else 0.0
+        return self.budget_s - self.used() - reserve - self.end_s
+
+    def _lap(self) -> float:
+        """Seconds since the last mark, and a new mark."""
+        now = self.clock()
+        elapsed = 0.0 if self._mark is None else now - self._mark
+        self._mark = now
+        return elapsed
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.active:
+            return
+        self.phases["setup"] += self.used() - sum(self.phases.values())
+        self.validation_reserve_s = self._estimate_validation(trainer, pl_module)
+        self._lap()
+        left = self.remaining_training()
+        rank_zero_info(
+            f"time budget {self.budget_s / 60:g} min: {self.used():.0f} s used before training, "
+            f"~{self.validation_reserve_s:.0f} s reserved for the final validation and {self.end_s:.0f} s for the end; "
+            f"{max(left, 0) / 60:.1f} min to train, the learning-rate schedule follows that time"
+        )
+        if left <= 0:
+            raise BudgetError(
+                f"the time budget of {self.budget_s / 60:g} min leaves no time to train: {self.used():.0f} s are used "
+                f"before the first step and the final validation needs ~{self.validation_reserve_s:.0f} s. "
+                "Fix: raise the budget (--trainer.callbacks ... TimeBudget minutes) or validate on fewer questions."
+            )
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self.active:
+            return
+        elapsed = self._lap()
+        if not self._stepped:
+            self._stepped = True
+            self.phases["first_step"] += elapsed
+        else:
+            self.phases["training"] += elapsed
+            self._schedule_s += elapsed
+        self.steps += 1
+        self.examples += _batch_size(batch)
+        left = self.remaining_training()
+        progress = 1.0 if left <= 0 else self._schedule_s / (self._schedule_s + left)
+        stop = progress >= 1.0
+        if trainer.world_size > 1:  # one clock for all ranks: the same learning rate and the same last step
+            progress, stop = trainer.strategy.broadcast((progress, stop), src=0)
+        self.progress = progress
+        if stop and not trainer.should_stop:
+            self.stopped_by_budget = True
+            trainer.should_stop = True
+        elif _last_step_of_trainer(trainer):
+            # max_steps/max_epochs ends the run first: stop through should_stop too, so that the run
+            # still ends with its validation (the configs validate only when the run stops)
+            trainer.should_stop = True
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.active:
+            return
+        if not trainer.sanity_checking and self._mark is not None:
+            # since the last batch: checkpoint saving and loop overhead, part of training
+            self.phases["training"] += self._lap()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.active:
+            return
+        if trainer.sanity_checking:
+            return
+        elapsed = self._lap()
+        self.phases["validation"] += elapsed
+        self._last_validation_s = elapsed
+        if self.validation_reserve_s is not None and not trainer.should_stop:
+            # a measured validation is a better estimate of the final one than the probe
+            self.validation_reserve_s = elapsed * self.validation_safety
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.active:
+            return
+        # after the last batch or the final validation: export and the last checkpoint
+        self.phases["end"] += self.used() - sum(self.phases.values())
+
+    def _estimate_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
+        """Seconds to reserve for the final validation."""
+        if not trainer.enable_validation or trainer.limit_val_batches == 0:
+            return 0.0
+        estimate = getattr(pl_module, "estimate_validation_seconds", None)
+        seconds = estimate() if callable(estimate) else None
+        if seconds is None and self._last_validation_s is not None:
+            seconds = self._last_validation_s
+        if seconds is None:
+            return self.validation_share * self.budget_s
+        return float(seconds) * self.validation_safety
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        if not self.active:
+            return {}
+        return {
+            "used_s": self.used(),
+            "phases": dict(self.phases),
+            "steps": self.steps,
+            "examples": self.examples,
+            "schedule_s": self._schedule_s,
+            "progress": self.progress,
+            "budget_s": self.budget_s,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not self.active or not state_dict:
+            return
+        if abs(float(state_dict.get("budget_s", self.budget_s)) - self.budget_s) > 1e-6:
+            rank_zero_warn(
+                f"TimeBudget: the checkpoint's run had a budget of {state_dict['budget_s'] / 60:g} min, this one "
+                f"{self.budget_s / 60:g} min; the time already used counts against the new budget."
+            )
+        # This process's own time (argument parsing, setup) is added on top of the saved total by used().
+        self._used_before = float(state_dict["used_s"])
+        self.phases = {**dict.fromkeys(PHASES, 0.0), **state_dict.get("phases", {})}
+        self.steps = int(state_dict.get("steps", 0))
+        self.examples = int(state_dict.get("examples", 0))
+        self._schedule_s = float(state_dict.get("schedule_s", 0.0))
+        self.progress = float(state_dict.get("progress", 0.0))  # the learning rate of the first resumed step
+
+    # ------------------------------------------------------------------ summary
+    def summary_lines(self) -> list[str]:
+        """What the summary prints: the plan's outcome, per phase."""
+        used = self.used()
+        parts = ", ".join(
+            f"{name.replace('_', ' ')} {seconds:.0f} s ({seconds / self.budget_s:.0%})"
+            for name, seconds in self.phases.items()
+            if seconds > 0
+        )
+        if self.validation_reserve_s:
+            parts += f"; the final validation was planned at {self.validation_reserve_s:.0f} s"
+        ended = "the budget" if self.stopped_by_budget else "the trainer's max_steps/max_epochs"
+        return [
+            f"{'time budget':<16} {self.budget_s / 60:g} min; used {used / 60:.1f} min ({used / self.budget_s:.0%}), ended by {ended}",
+            f"{'phases':<16} {parts}",
+            f"{'steps':<16} {self.steps} ({self.examples} examples)",
+        ]
+
+
+def _last_step_of_trainer(trainer: L.Trainer) -> bool:
+    """True when this step is the trainer's last by ``max_steps`` or ``max_epochs``."""
+    max_steps = getattr(trainer, "max_steps", -1)
+    if max_steps is not None and max_steps > 0 and trainer.global_step >= max_steps:
+        return True
+    max_epochs = getattr(trainer, "max_epochs", None)
+    if max_epochs is None or max_epochs < 0:
+        return False
+    last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+    return bool(last_batch) and trainer.current_epoch + 1 >= max_epochs
+
+
+def find_time_budget(trainer: L.Trainer | None) -> TimeBudget | None:
+    """The trainer's active TimeBudget callback, if it has one."""
+    if trainer is None:
+        return None
+    return next((cb for cb in trainer.callbacks if isinstance(cb, TimeBudget) and cb.active), None)
+
+
+def _batch_size(batch: Any) -> int:
+    """Examples in a batch: the first dimension of its first tensor (0 if there is none)."""
+    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else [batch]
+    for value in values:
+        shape = getattr(value, "shape", None)
+        if shape:
+            return int(shape[0])
+    return 0

@@ -1,0 +1,26 @@
+"""Configuration errors: a value a user set is out of range. The CLI prints the message as one
+``error:`` line (exit 2), so the message names the key, the value, what is allowed and the fix.
+
+``check`` is the one way constructors validate their arguments, so every key is reported alike:
+``model.lora_r must be >= 1, got 0. Fix: ...``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the key and the fix."""
+
+
+def check(ok: bool, key: str, value: Any, allowed: str, fix: str = "") -> None:
+    """Raise ConfigError ``KEY must be ALLOWED, got VALUE. Fix: FIX`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{key} must be {allowed}, got {value!r}. Fix: {fix or f'set {key} to a value that is {allowed}'}.")
+
+
+def finite(value: Any) -> bool:
+    """A real, finite number (bools excluded: True is not a learning rate)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
