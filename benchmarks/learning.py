@@ -6,7 +6,8 @@ Every arm is ``sft-lightning fit --config configs/embedded.yaml --budget.minutes
 overrides, run one after the other on this machine with the same budget; what is compared is the accuracy
 each reaches in that time on the generated validation (``val``), the held-out phrasings
 (``val_unseen``) and the hand-written set (``handwritten``), with the steps and examples that
-fit. Arms are chosen by ``val_unseen`` (generated, phrased differently from training); the
+fit, with the calculator (``model.calculator``, on in the config) and, validated again without
+it, by the model alone. Arms are chosen by ``val_unseen`` (generated, phrased differently from training); the
 hand-written set is reported, never used to choose. Results go to
 ``benchmarks/results/learning-<machine kind>.json`` and, with ``--readme``, into the README
 between the ``learning-table`` markers of that machine kind, so tables of different CPUs sit
@@ -39,8 +40,9 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "r16": ("worked, LoRA r 16, batch 16", ["--model.lora_r", "16", "--model.lora_alpha", "32", *_B16]),
     "r32": ("worked, LoRA r 32, batch 16", ["--model.lora_r", "32", "--model.lora_alpha", "64", *_B16]),
     "batch8": ("worked, LoRA r 8, batch 8", [*_R8, "--data.batch_size", "8"]),
-    "worked": ("worked, LoRA r 16, batch 8 (`make train`)", []),
-    "bare": ("bare `<answer>` only, LoRA r 16, batch 8", ["--data.answer_format", "bare"]),
+    "r16-b8": ("worked, LoRA r 16, batch 8", ["--model.lora_r", "16", "--model.lora_alpha", "32", "--data.batch_size", "8"]),
+    "worked": ("worked, LoRA r 32, batch 16 (`make train`)", []),
+    "bare": ("bare `<answer>` only, LoRA r 32, batch 16", ["--data.answer_format", "bare"]),
 }
 SETS = ("val", "val_unseen", "handwritten")
 
@@ -61,12 +63,26 @@ def run_arm(name: str, config: Path, minutes: float, out_dir: Path, extra: list[
     if proc.returncode != 0:
         raise RuntimeError(f"arm {name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     run_dir = Path(re.search(r"run directory\s+(\S+)", proc.stdout).group(1))
+    run_dir = run_dir if run_dir.is_absolute() else ROOT / run_dir
     result: dict[str, Any] = {"arm": name, "label": label, "command": "sft-lightning " + shlex.join(args), "wall_s": wall}
-    result.update(_final_metrics(run_dir / "metrics.csv" if run_dir.is_absolute() else ROOT / run_dir / "metrics.csv"))
+    result.update(_final_metrics(run_dir / "metrics.csv"))
+    result.update(model_alone(run_dir, config, [*overrides, *extra], env))
     result["summary"] = proc.stdout[proc.stdout.index("==== sft-lightning fit summary"):].strip()
     steps = re.search(r"\nsteps\s+(\d+) \((\d+) examples\)", proc.stdout)
     result["steps"], result["examples"] = (int(steps.group(1)), int(steps.group(2))) if steps else (None, None)
     return result
+
+
+def model_alone(run_dir: Path, config: Path, overrides: list[str], env: dict[str, str]) -> dict[str, float]:
+    """The arm's adapter validated with the calculator off: what the model computes by itself."""
+    cli = str(Path(sys.executable).parent / "sft-lightning")
+    args = ["validate", "--config", str(config), *overrides, "--model.adapter", str(run_dir / "adapter"), "--model.calculator", "false",
+            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    proc = subprocess.run([cli, *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"validating {run_dir} without the calculator failed:\n{proc.stderr[-3000:]}")
+    found = re.findall(r"^(\S+)/accuracy\s+([0-9.]+)\s+answer rate ([0-9.]+)", proc.stdout, flags=re.MULTILINE)
+    return {f"model_alone/{name}/accuracy": float(acc) for name, acc, _ in found}
 
 
 def _final_metrics(path: Path) -> dict[str, float]:
@@ -87,14 +103,13 @@ def table(results: list[dict[str, Any]], machine: dict[str, Any], minutes: float
         f"torch {machine['torch']}; each arm `sft-lightning fit --config configs/embedded.yaml --budget.minutes {minutes:g}` "
         "with the overrides in `benchmarks/learning.py` (`python -m benchmarks.learning`).",
         "",
-        "| arm | steps | examples | val (300) | val_unseen (200) | handwritten (286) | answer rate (handwritten) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| arm | steps | examples | val (300) | val_unseen (200) | handwritten (286) | model alone: val / val_unseen / handwritten |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         cells = [f"{r.get(f'{s}/accuracy', float('nan')):.3f}" for s in SETS]
-        lines.append(
-            f"| {r['label']} | {r['steps']} | {r['examples']} | {' | '.join(cells)} | {r.get('handwritten/answer_rate', float('nan')):.3f} |"
-        )
+        alone = " / ".join(f"{r.get(f'model_alone/{s}/accuracy', float('nan')):.3f}" for s in SETS)
+        lines.append(f"| {r['label']} | {r['steps']} | {r['examples']} | {' | '.join(cells)} | {alone} |")
     return "\n".join(lines)
 
 

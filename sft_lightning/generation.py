@@ -8,6 +8,7 @@ scoring needs: left-padded prompts, argmax, and a stop as soon as every row has 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -18,12 +19,20 @@ from sft_lightning.loss import causal_lm_parts
 
 @torch.no_grad()
 def greedy_generate(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int, eos_token_id: int
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    max_new_tokens: int,
+    eos_token_id: int,
+    forced: Callable[[list[int]], list[int] | None] | None = None,
 ) -> Tensor:
     """New token ids, shape (batch, <= max_new_tokens); rows that finished early are EOS-padded.
 
     ``input_ids`` must be LEFT-padded: the next token of every row is then at the last column.
     Position ids come from the attention mask, so padding does not shift a row's positions.
+    ``forced``, given the tokens a row has generated so far, may return tokens to write next in
+    place of the model's own (``sft_lightning.calculator``); they go through the model like any
+    other token, so the cache stays consistent.
     """
     body, head = causal_lm_parts(model)
     cache_arg = _cache_argument(body)
@@ -39,10 +48,15 @@ def greedy_generate(
     next_position = position_ids[:, -1:] + 1
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     new_tokens: list[Tensor] = []
+    pending: list[list[int]] = [[] for _ in range(batch)]
     for _ in range(max_new_tokens):
         token = next_token(head, out.last_hidden_state)
+        if forced is not None:
+            token = _apply_forced(token, pending)
         token = torch.where(finished, torch.full_like(token, eos_token_id), token)
         new_tokens.append(token)
+        if forced is not None:
+            _queue_forced(forced, torch.stack(new_tokens, dim=1), finished | (token == eos_token_id), pending)
         finished |= token == eos_token_id
         if bool(finished.all()):
             break
@@ -58,6 +72,27 @@ def greedy_generate(
     if not new_tokens:
         return input_ids.new_empty((batch, 0))
     return torch.stack(new_tokens, dim=1)
+
+
+def _apply_forced(token: Tensor, pending: list[list[int]]) -> Tensor:
+    """The model's next tokens, with queued forced tokens in their rows' places."""
+    rows = [row for row, queue in enumerate(pending) if queue]
+    if not rows:
+        return token
+    token = token.clone()
+    for row in rows:
+        token[row] = pending[row].pop(0)
+    return token
+
+
+def _queue_forced(forced: Callable[[list[int]], list[int] | None], generated: Tensor, done: Tensor, pending: list[list[int]]) -> None:
+    """Ask ``forced`` about every row still generating on its own; queue what it returns."""
+    ids = generated.tolist()
+    for row, queue in enumerate(pending):
+        if not queue and not bool(done[row]):
+            tokens = forced(ids[row])
+            if tokens:
+                queue.extend(tokens)
 
 
 def _cache_argument(body: nn.Module) -> str:

@@ -30,6 +30,7 @@ from torchmetrics import MeanMetric
 
 from sft_lightning.batching import IGNORE_INDEX
 from sft_lightning.budget import find_time_budget
+from sft_lightning.calculator import CalculatorHook
 from sft_lightning.compile import compile_decoder_layers, eager
 from sft_lightning.errors import check, finite
 from sft_lightning.export import export_adapter
@@ -66,6 +67,8 @@ class SFTModule(L.LightningModule):
         warmup_ratio / min_lr_ratio: linear warmup over this share of steps, then cosine decay
             to ``min_lr_ratio * learning_rate``.
         max_new_tokens: generation budget per validation question.
+        calculator: when a generated worked answer sets a calculation up (``6×0.305=<answer>``), write
+            its exact value (``sft_lightning.calculator``); false measures the model's own arithmetic.
         merge_lora_for_generation: fold the LoRA update into a temporary copy of the weights while
             generating (``sft_lightning.merged_lora``): the same answers up to bf16 rounding, faster
             decoding; the training weights are untouched.
@@ -91,6 +94,7 @@ class SFTModule(L.LightningModule):
         warmup_ratio: float = 0.05,
         min_lr_ratio: float = 0.1,
         max_new_tokens: int = 24,
+        calculator: bool = True,
         merge_lora_for_generation: bool = True,
         relative_tolerance: float = 0.05,
         num_logged_samples: int = 5,
@@ -383,9 +387,20 @@ class SFTModule(L.LightningModule):
         assert self.tokenizer is not None
         with eager(), self._generation_weights():
             new_ids = greedy_generate(
-                self.model, prompt_ids, prompt_mask, self.hparams.max_new_tokens, self.tokenizer.eos_token_id
+                self.model, prompt_ids, prompt_mask, self.hparams.max_new_tokens, self.tokenizer.eos_token_id, forced=self._calculator()
             )
         return self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+
+    def _calculator(self) -> CalculatorHook | None:
+        """The forced-continuation hook of the calculator (``model.calculator``), or None."""
+        if not self.hparams.calculator:
+            return None
+        tokenizer = self.tokenizer
+        return CalculatorHook(
+            decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+            encode=lambda text: tokenizer(text, add_special_tokens=False)["input_ids"],
+            eos_token_id=tokenizer.eos_token_id,
+        )
 
     def _generation_weights(self) -> contextlib.AbstractContextManager:
         """LoRA folded into the weights while generating, unless ``merge_lora_for_generation`` is off."""
