@@ -73,7 +73,8 @@ class ValidationBench:
             settings["model"]["model"] = settings["data"]["tokenizer"] = args.model
         self.precision = args.precision or settings["trainer"].get("precision", "32-true")
         self.accelerator = args.accelerator
-        data_kwargs = dict(settings["data"], val_size=args.questions, train_size=args.val_train_size)
+        # one set of `questions` generated validation questions: every variant times the same work
+        data_kwargs = dict(settings["data"], val_size=args.questions, train_size=args.val_train_size, unseen_val_size=0, extra_val_files=None)
         self.batch_size = data_kwargs.get("eval_batch_size", 64)
         self.max_new_tokens = settings["model"].get("max_new_tokens", 24)
         self.adapter = find_adapter(args.adapter, settings["model"]["model"])

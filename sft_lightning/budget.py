@@ -61,7 +61,7 @@ class TimeBudget(Callback):
         self,
         minutes: float | None = None,
         end_seconds: float = 10.0,
-        validation_safety: float = 1.2,
+        validation_safety: float = 1.1,
         validation_share: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

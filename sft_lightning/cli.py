@@ -43,6 +43,7 @@ from sft_lightning.predict import PredictionWriter
 from sft_lightning.progress import ProgressLines
 from sft_lightning.records import DataError
 from sft_lightning.run_files import RunDirError
+from sft_lightning.trainer_checks import check_trainer_arguments, trainer_argument_error
 
 PLAIN_COMMANDS = ("ask", "report")  # argparse commands, dispatched before LightningCLI
 
@@ -66,6 +67,10 @@ except ImportError:  # pragma: no cover
 
 
 class SFTLightningCLI(LightningCLI):
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_trainer_arguments(config.get("trainer") or {})
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -92,7 +97,10 @@ class SFTLightningCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not str(ckpt).startswith(("registry:", "hpc:")):
-            read_checkpoint(ckpt)  # missing, damaged or foreign: one error line now, not torch.load's traceback
+            try:
+                read_checkpoint(ckpt)  # missing, damaged or foreign: one error line now, not torch.load's traceback
+            except ModelLoadError as exc:
+                raise ModelLoadError(f"--ckpt_path: {exc}") from None
         before = _model_settings(self.config)
         super()._parse_ckpt_path()
         after = _model_settings(self.config)
@@ -111,7 +119,13 @@ class SFTLightningCLI(LightningCLI):
         terminal = sys.stderr.isatty()
         if not terminal:  # a log file or CI: a redrawn bar is one huge line there; print progress lines instead
             kwargs["enable_progress_bar"] = False
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except Exception as exc:  # Lightning refusing one of its own arguments (accelerator, devices, ...)
+            reworded = trainer_argument_error(exc)
+            if reworded is None:
+                raise
+            raise reworded from None
         if not terminal and not any(isinstance(cb, ProgressLines) for cb in trainer.callbacks):
             trainer.callbacks.append(ProgressLines())
         # Every run writes checkpoints atomically, unless the user configured their own CheckpointIO.
@@ -252,8 +266,14 @@ def quiet_dependencies() -> None:
             warnings.filterwarnings("ignore", category=category, module=module)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # Lightning on torch >= 2.10
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")  # data is tokenised up front
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).addFilter(_DropMessages(("litlogger", "`weights_only` was not set")))
+    # filters act on the logger that emits a record, not on its parents: name the emitting modules
+    drop = _DropMessages(("litlogger", "`weights_only` was not set"))
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",  # rank_zero_info's logger (the litlogger tip)
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch.trainer.connectors.checkpoint_connector",
+    ):
+        logging.getLogger(name).addFilter(drop)
     with contextlib.suppress(ImportError):
         import transformers
 

@@ -6,8 +6,9 @@ second); tokenisation and the truncation check happen once in ``setup``.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
 import lightning as L
@@ -22,7 +23,7 @@ from sft_lightning.models import EMBEDDED, load_tokenizer
 from sft_lightning.predict import PredictCollator, PromptExample
 from sft_lightning.prompt import format_answer, format_prompt
 from sft_lightning.records import DataError, QARecord, Question, holdout_split, load_questions, load_records
-from sft_lightning.unitconv import ConversionQuestion, generate_splits, normalize_question
+from sft_lightning.unitconv import ConversionQuestion, generate_splits, normalize_question, select_units
 
 UNSEEN_VAL_SET = "val_unseen"
 
@@ -94,13 +95,16 @@ class SFTDataModule(L.LightningDataModule):
             train_file, val_file, train_size, val_size, unseen_val_size, seed, families, units
         )
         for name, path in (extra_val_files or {}).items():
-            self.val_sets[_checked_set_name(name, self.val_sets)] = self._load(path)
+            self.val_sets[_checked_set_name(name, self.val_sets)] = self._load(f"data.extra_val_files.{name}", path)
         if train_file is None:
             # decontaminate: a generated question that a validation set also asks (short ones like
             # "1 TB to GB" are written the same way by anyone) would score memory, not skill
             self.train_records = _without_questions_in(self.train_records, self.val_sets.values())
         # Read now, like the training data: a bad questions file fails before any model loads.
-        self.predict_questions: list[Question] = load_questions(predict_file) if predict_file else []
+        self.predict_questions: list[Question] = []
+        if predict_file:
+            with _about("data.predict_file"):
+                self.predict_questions = load_questions(predict_file)
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_examples: list[Example] = []
         self.val_examples: dict[str, list[Example]] = {}
@@ -128,22 +132,27 @@ class SFTDataModule(L.LightningDataModule):
         units: dict[str, list[str]] | None,
     ) -> tuple[list[QARecord], dict[str, list[QARecord]]]:
         if train_file is None:
+            with _about("data.families", ValueError):
+                select_units(families, None)
+            with _about("data.units", ValueError):
+                select_units(None, units)
             try:
                 splits = generate_splits(train_size, val_size, seed, families=families, units=units, n_unseen=unseen_val_size)
             except ValueError as exc:  # unknown unit/family, or more questions than the units allow
-                raise DataError(f"generator configuration: {exc}") from None
-            sets = {MAIN_VAL_SET: self._load(val_file) if val_file else self._generated(splits.val)}
+                raise DataError(f"data.train_size/val_size/unseen_val_size: {exc}") from None
+            sets = {MAIN_VAL_SET: self._load("data.val_file", val_file) if val_file else self._generated(splits.val)}
             if splits.val_unseen:
                 sets[UNSEEN_VAL_SET] = self._generated(splits.val_unseen)
             return self._generated(splits.train), sets
-        train = self._load(train_file)
+        train = self._load("data.train_file", train_file)
         if val_file is not None:
-            return train, {MAIN_VAL_SET: self._load(val_file)}
+            return train, {MAIN_VAL_SET: self._load("data.val_file", val_file)}
         train, val = holdout_split(train, val_size)
         return train, {MAIN_VAL_SET: val}
 
-    def _load(self, path: str) -> list[QARecord]:
-        return load_records(path, allow_conflicts=self.hparams.allow_conflicting_answers)
+    def _load(self, key: str, path: str) -> list[QARecord]:
+        with _about(key):
+            return load_records(path, allow_conflicts=self.hparams.allow_conflicting_answers)
 
     def _generated(self, questions: Sequence[ConversionQuestion]) -> list[QARecord]:
         """Records of generated questions, with the worked target when ``answer_format`` is ``worked``."""
@@ -274,6 +283,15 @@ def _without_questions_in(records: list[QARecord], sets: Iterable[list[QARecord]
     if len(kept) < len(records):
         rank_zero_info(f"generated training set: left out {len(records) - len(kept)} questions that a validation set asks too")
     return kept
+
+
+@contextlib.contextmanager
+def _about(key: str, *errors: type[Exception]) -> Iterator[None]:
+    """Prefix the message of a DataError (or of ``errors``) raised inside with the setting it came from."""
+    try:
+        yield
+    except (DataError, *errors) as exc:
+        raise DataError(f"{key}: {exc}") from None
 
 
 def _checked_set_name(name: str, existing: dict[str, list[QARecord]]) -> str:

@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 
@@ -24,3 +26,13 @@ def check(ok: bool, key: str, value: Any, allowed: str, fix: str = "") -> None:
 def finite(value: Any) -> bool:
     """A real, finite number (bools excluded: True is not a learning rate)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_directory(key: str, path: Any) -> None:
+    """``path`` is a directory, or can be created: its nearest existing ancestor is a writable directory."""
+    target = Path(path).expanduser()
+    existing = next((p for p in (target, *target.parents) if p.exists()), None)
+    if existing is None or (existing.is_dir() and (existing == target or os.access(existing, os.W_OK | os.X_OK))):
+        return
+    why = f"{existing} is not a directory" if not existing.is_dir() else f"{existing} is not writable"
+    raise ConfigError(f"{key}: {str(path)!r} cannot be a directory ({why}). Fix: pass a directory path you can write to.")

@@ -32,7 +32,7 @@ from sft_lightning.batching import IGNORE_INDEX
 from sft_lightning.budget import find_time_budget
 from sft_lightning.calculator import CalculatorHook
 from sft_lightning.compile import compile_decoder_layers, eager
-from sft_lightning.errors import check, finite
+from sft_lightning.errors import check, check_directory, finite
 from sft_lightning.export import export_adapter
 from sft_lightning.generation import greedy_generate
 from sft_lightning.loss import supervised_loss_sum
@@ -115,6 +115,8 @@ class SFTModule(L.LightningModule):
         check(num_logged_samples >= 0, "model.num_logged_samples", num_logged_samples, ">= 0")
         check(bool(export_dir_name) and Path(export_dir_name).name == export_dir_name and export_dir_name not in (".", ".."),
               "model.export_dir_name", export_dir_name, "a plain directory name (no path)")
+        if cache_dir is not None:
+            check_directory("model.cache_dir", cache_dir)
         if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
             raise ModelLoadError(
                 f"adapter directory {adapter} has no adapter_config.json. Fix: pass the 'adapter' directory "

@@ -193,7 +193,7 @@ class _Pair:
     weight: float
 
 
-def _selected_units(families: Sequence[str] | None, units: Mapping[str, Sequence[str]] | None) -> dict[str, list[Unit]]:
+def select_units(families: Sequence[str] | None, units: Mapping[str, Sequence[str]] | None) -> dict[str, list[Unit]]:
     """Validate families/units up front and return the units to use per family (FAMILIES order)."""
     if isinstance(families, str):
         families = (families,)
@@ -323,7 +323,7 @@ def _prepare(n: int, families: Sequence[str] | None, units: Mapping[str, Sequenc
     """Validate everything and check capacity before any question is drawn."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"number of questions must be a non-negative int, got {n!r}")
-    pairs = _allowed_pairs(_selected_units(families, units))
+    pairs = _allowed_pairs(select_units(families, units))
     capacity = sum(_pair_capacity(p) for fam_pairs in pairs.values() for p in fam_pairs)
     if n > capacity:
         raise ValueError(

@@ -29,8 +29,16 @@ REAL_TORCH_SAVE = torch.save
 WRITTEN_TO: list[str] = []
 
 
+def _written_path(f: Any) -> str:
+    """Where torch.save writes: a path, or the file an open file object (an fd from os.fdopen) refers to."""
+    if isinstance(f, (str, os.PathLike)):
+        return os.fspath(f)
+    name = getattr(f, "name", "<memory>")
+    return os.readlink(f"/proc/self/fd/{name}") if isinstance(name, int) else str(name)
+
+
 def torch_save_half_then_interrupt(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-    WRITTEN_TO.append(os.fspath(f) if isinstance(f, (str, os.PathLike)) else str(getattr(f, "name", "<memory>")))
+    WRITTEN_TO.append(_written_path(f))
     buffer = io.BytesIO()
     REAL_TORCH_SAVE(obj, buffer, *args, **kwargs)
     data = buffer.getvalue()

@@ -130,8 +130,9 @@ def test_short_fit_on_embedded_model(tmp_path: Path) -> None:
     # The untuned model's answer-token loss is ~3; the format is learned within a few steps.
     assert losses[0] > 2.0 and sum(losses[-5:]) / 5 < 0.5 * losses[0], losses
 
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    assert ckpt.stat().st_size < 50 * 2**20
+    # the checkpoint holds the LoRA weights only, never the frozen base model
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert state and all("lora_" in key for key in state), [k for k in state if "lora_" not in k][:5]
 
     check = subprocess.run(
         [sys.executable, "-c", PLAIN_PEFT_LOAD, str(run_dir / "adapter")],
@@ -154,6 +155,6 @@ model = PeftModel.from_pretrained(base, adapter).eval()
 tok = AutoTokenizer.from_pretrained(adapter)
 prompt = "\nHow many meters are in 6 km?\n"  # sft_lightning.prompt.format_prompt's format
 ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
-out = model.generate(**ids, max_new_tokens=16, do_sample=False)
+out = model.generate(**ids, max_new_tokens=48, do_sample=False)  # room for a worked answer
 print(tok.decode(out[0, ids["input_ids"].shape[1]:]))
 """

@@ -198,7 +198,7 @@ def test_question_too_long_in_held_out_part_names_file_record(cli, tmp_path: Pat
 
 def test_unknown_unit_in_generator_config(cli, tmp_path: Path) -> None:
     result = cli("--data.units", '{"length": ["furlongz"]}')
-    line = assert_data_error(result, tmp_path, "generator configuration: unknown length unit 'furlongz'")
+    line = assert_data_error(result, tmp_path, "data.units: unknown length unit 'furlongz'")
     # The fix is the list of what is accepted.
     accepted = line.split("accepted length spellings:")[1]
     assert "kilometer" in accepted and "mile" in accepted
@@ -208,7 +208,7 @@ def test_unknown_family_in_generator_config(cli, tmp_path: Path) -> None:
     result = cli("--data.families", "[length, smell]")
     assert_data_error(
         result, tmp_path,
-        "generator configuration: unknown unit family 'smell'",
+        "data.families: unknown unit family 'smell'",
         "expected one of: length, mass, time",
     )
 

@@ -47,6 +47,7 @@ SPECIAL = {
     "trainer.gradient_clip_algorithm": "sideways",
     "trainer.model_registry": "",
     "ckpt_path": "/no/such/last.ckpt",
+    "budget": "/no/such/budget.yaml",  # the group's own argument: a config file of budget.* settings
 }
 
 
@@ -82,6 +83,8 @@ def wrong_value(dest: str, hint: Any) -> str | None:
         return SPECIAL[dest]
     if dest in ANY_INT:
         return "twelve"
+    if typing.get_origin(hint) is typing.Literal:
+        return "bogus"
     options = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
     if all(typing.get_origin(o) is typing.Literal or o is bool for o in options):
         return "bogus"

@@ -198,7 +198,7 @@ def test_ask_errors_are_one_clean_line(trained: Path, tmp_path: Path, capsys: py
         (["--adapter", str(tmp_path / "nope")], [f"{tmp_path / 'nope'} does not exist", "Fix: pass an adapter directory"]),
         (["--adapter", str(trained)], [f"adapter directory {trained} has no adapter_config.json", "use --run"]),
         (["--checkpoint", str(bogus_ckpt)], [f"could not read checkpoint {bogus_ckpt}", "checkpoints/last.ckpt"]),
-        (["--checkpoint", str(foreign_ckpt)], [f"{foreign_ckpt} is not an sft-lightning checkpoint"]),
+        (["--checkpoint", str(foreign_ckpt)], [f"{foreign_ckpt} is not a Lightning checkpoint"]),
         (["--checkpoint", str(text_file)], ["is a file but not a .ckpt checkpoint"]),
         (["--run", str(empty_run)], [f"{empty_run} holds neither an exported adapter", "checkpoints/last.ckpt"]),
     ]
@@ -245,7 +245,7 @@ def test_readme_walkthrough_on_the_embedded_model(tmp_path: Path) -> None:
 
     predict_run = run_cli(
         "predict", "--config", embedded, "--model.adapter", str(run_dir / "adapter"),
-        "--data.predict_file", str(QUESTIONS_FILE), cwd=tmp_path, timeout=900,
+        "--data.predict_file", str(QUESTIONS_FILE), "--data.extra_val_files", "null", cwd=tmp_path, timeout=900,
     )
     assert predict_run.returncode == 0, predict_run.stderr[-3000:]
     rows = read_jsonl(tmp_path / "runs" / "embedded" / "version_1" / "predictions.jsonl")

@@ -16,15 +16,16 @@ from sft_lightning.run_files import Mark, read_marks, read_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-# The run that trips: a learning rate of 1e30 makes the LoRA weights overflow after each update.
-# GradientHealth rolls back twice (skip_budget 2), then aborts at the third trip.
+# The run that trips: a learning rate of 1e30 (set past the CLI's range check by a test-only callback)
+# makes the LoRA weights overflow after each update. GradientHealth rolls back twice (skip_budget 2),
+# then aborts at the third trip.
 TRIP_CONFIG = """
 trainer:
   callbacks:
+    - class_path: _faults.ForceLearningRate
+      init_args: {learning_rate: 1.0e+30}
     - class_path: callbacks.GradientHealth
       init_args: {on_nonfinite: rollback, skip_budget: 2}
-model:
-  learning_rate: 1.0e+30
 """
 
 
