@@ -263,7 +263,8 @@ class HFArm(_Arm):
             max_steps=warmup + steps,
             learning_rate=hp.get("learning_rate", 1e-3),
             weight_decay=hp.get("weight_decay", 0.0),
-            warmup_steps=hp.get("warmup_ratio", 0.05),  # a float in [0, 1) is a ratio in transformers 5
+            # whole steps: transformers < 5 accepts only an int here (5 also reads a float in [0, 1) as a ratio)
+            warmup_steps=round(hp.get("warmup_ratio", 0.05) * (warmup + steps)),
             lr_scheduler_type="cosine",
             max_grad_norm=trainer_cfg.get("gradient_clip_val") or 0.0,
             bf16=self._mixed() == "bf16",

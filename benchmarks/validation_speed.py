@@ -178,7 +178,8 @@ class ValidationBench:
                 questions = self.questions[start : start + self.batch_size]
                 enc = tok([format_prompt(q) for q in questions], return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
                 out = model.generate(
-                    **enc,
+                    input_ids=enc["input_ids"],  # not **enc: some tokenizers add token_type_ids, which generate refuses
+                    attention_mask=enc["attention_mask"],
                     do_sample=False,
                     max_new_tokens=self.max_new_tokens,
                     pad_token_id=tok.pad_token_id,

@@ -82,7 +82,7 @@ class SFTLightningCLI(LightningCLI):
                 raise expected from None
             # TensorBoardLogger without tensorboard: Lightning's ModuleNotFoundError arrives wrapped
             # in jsonargparse's ValueErrors, whose text is a page about Union subtypes.
-            if not any(isinstance(e, ModuleNotFoundError) and "tensorboard" in str(e).lower() for e in _causes(exc)):
+            if not _tensorboard_missing(exc):
                 raise
             raise LoggerUnavailableError(
                 "trainer.logger TensorBoardLogger needs the tensorboard package, which is not installed. "
@@ -230,6 +230,14 @@ def _model_settings(config: Any) -> dict[str, Any]:
         return dict(vars(model)) if not isinstance(model, dict) else dict(model)
     except (KeyError, TypeError, AttributeError):
         return {}
+
+
+def _tensorboard_missing(exc: BaseException) -> bool:
+    """Lightning's "no tensorboard" error, however jsonargparse wrapped it: as the cause (newer versions) or
+    only inside the text of its Union error (older ones)."""
+    return any(isinstance(e, ModuleNotFoundError) and "tensorboard" in str(e).lower() for e in _causes(exc)) or (
+        "Neither `tensorboard` nor `tensorboardX` is available" in str(exc)
+    )
 
 
 def _causes(exc: BaseException) -> list[BaseException]:

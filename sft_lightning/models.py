@@ -156,7 +156,7 @@ def _from_pretrained(factory, source: str, name: str, **kwargs):
     if Path(source).is_dir():
         try:
             return factory.from_pretrained(source, **kwargs)
-        except (OSError, ValueError) as exc:  # transformers uses both for unusable directories
+        except (OSError, ValueError, ImportError) as exc:  # transformers raises all three for unusable directories
             raise ModelLoadError(f"could not load {factory.__name__} from {source}: {exc}") from exc
     # A hub id. If the hub does not answer, switch huggingface_hub to offline mode for this call:
     # the local HF cache is still used, and an offline machine fails in seconds instead of
