@@ -336,7 +336,8 @@ class SFTModule(L.LightningModule):
         lines = [f"validation samples (step {self.global_step}):"]
         lines += [f"  Q: {s['question']}\n     expected {s['expected']:.6g} | output {s['output']!r}" for s in samples]
         rank_zero_info("\n".join(lines))
-        log_dir = self.trainer.log_dir
+        # only into a run directory: without a logger, log_dir is the current directory
+        log_dir = self.trainer.log_dir if self.trainer.loggers else None
         if log_dir:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             with open(Path(log_dir) / "val_samples.jsonl", "a", encoding="utf-8") as f:
