@@ -48,7 +48,8 @@ def greedy_generate(
     next_position = position_ids[:, -1:] + 1
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     new_tokens: list[Tensor] = []
-    pending: list[list[int]] = [[] for _ in range(batch)]
+    pending: list[list[int]] = [[] for _ in range(batch)]  # forced tokens still to write, per row
+    history: list[list[int]] = [[] for _ in range(batch)]  # tokens generated so far, per row (for ``forced``)
     for _ in range(max_new_tokens):
         token = next_token(head, out.last_hidden_state)
         if forced is not None:
@@ -56,7 +57,7 @@ def greedy_generate(
         token = torch.where(finished, torch.full_like(token, eos_token_id), token)
         new_tokens.append(token)
         if forced is not None:
-            _queue_forced(forced, torch.stack(new_tokens, dim=1), finished | (token == eos_token_id), pending)
+            _queue_forced(forced, token, finished | (token == eos_token_id), history, pending)
         finished |= token == eos_token_id
         if bool(finished.all()):
             break
@@ -85,14 +86,17 @@ def _apply_forced(token: Tensor, pending: list[list[int]]) -> Tensor:
     return token
 
 
-def _queue_forced(forced: Callable[[list[int]], list[int] | None], generated: Tensor, done: Tensor, pending: list[list[int]]) -> None:
-    """Ask ``forced`` about every row still generating on its own; queue what it returns."""
-    ids = generated.tolist()
-    for row, queue in enumerate(pending):
-        if not queue and not bool(done[row]):
-            tokens = forced(ids[row])
+def _queue_forced(
+    forced: Callable[[list[int]], list[int] | None], token: Tensor, done: Tensor, history: list[list[int]], pending: list[list[int]]
+) -> None:
+    """Append this step's tokens to ``history`` (one device-to-host copy per step, not one per row), then
+    ask ``forced`` about every row still generating on its own and queue what it returns."""
+    for row, (tok, row_done) in enumerate(zip(token.tolist(), done.tolist())):
+        history[row].append(tok)
+        if not pending[row] and not row_done:
+            tokens = forced(history[row])
             if tokens:
-                queue.extend(tokens)
+                pending[row].extend(tokens)
 
 
 def _cache_argument(body: nn.Module) -> str:
