@@ -1,7 +1,7 @@
 """Training-step overhead of ``GradientHealth()`` (default arguments) on the real SFT workload.
 
     python -m benchmarks.callback_overhead [--steps 30] [--pairs 5] [--warmup 3] [--model embedded]
-                                          [--out benchmarks/results/callback_overhead.json]
+                                          [--out benchmarks/results/callback_overhead-<machine kind>.json]
 
 What is measured: the wall time of each optimiser step, from ``on_train_batch_start`` (a timing callback placed
 first, so it runs before GradientHealth's hook) to ``on_train_batch_end`` (a timing callback placed last, so
@@ -41,7 +41,7 @@ import torch  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
-from benchmarks.common import embedded_settings, machine_description, same_batch_ratio  # noqa: E402
+from benchmarks.common import embedded_settings, machine_description, machine_kind, same_batch_ratio  # noqa: E402
 from callbacks import GradientHealth  # noqa: E402
 from sft_lightning.data import SFTDataModule  # noqa: E402
 from sft_lightning.module import DEFAULT_TARGET_MODULES, SFTModule  # noqa: E402
@@ -165,7 +165,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="embedded", help="model name as SFTModule takes it (default embedded)")
     p.add_argument("--precision", default="bf16-mixed", help="Trainer precision (default bf16-mixed, as embedded.yaml)")
     p.add_argument("--batch-size", type=int, default=16, help="training batch size (default 16, as embedded.yaml)")
-    p.add_argument("--out", default="benchmarks/results/callback_overhead.json", help="JSON results path")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="JSON results path (default benchmarks/results/callback_overhead-<kind>.json, kind as machine_kind: "
+        "cpu-amx, cpu-avx512bf16, cuda, ...: one file per machine kind)",
+    )
     args = p.parse_args(argv)
     if args.steps < 1 or args.pairs < 1 or args.warmup < 0 or args.batch_size < 1:
         p.error("--steps, --pairs and --batch-size must be >= 1, --warmup >= 0")
@@ -265,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "pairs": pairs,
         "summary": summary,
     }
-    out = Path(args.out)
+    out = Path(args.out or f"benchmarks/results/callback_overhead-{machine_kind('cpu')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 

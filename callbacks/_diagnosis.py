@@ -189,3 +189,44 @@ def decide(
             peak_step, peak_scale = step, loss_scale
         return Decision(Verdict.TRIP, scale_collapse(peak_scale, loss_scale, max(step - peak_step, 1)), fatal=True)
     return SCALER_SKIP if flags.grads_nonfinite else HEALTHY
+
+
+# --- the action policy --------------------------------------------------------------------------------------
+# Diagnoses for which replaying the batch can say where the non-finite value started (the weights were finite).
+REPLAYABLE = frozenset({D_LOSS_NAN, D_LOSS_INF, D_GRAD_NAN, D_GRAD_OVERFLOW})
+
+
+def replayable(decision: Decision) -> bool:
+    """A trip on a non-finite loss or gradient (a scale collapse included), with weights that were finite."""
+    assert decision.diagnosis is not None
+    return not decision.params_poisoned and (
+        decision.diagnosis in REPLAYABLE or decision.diagnosis.startswith("fp16 overflow")
+    )
+
+
+def choose_action(
+    decision: Decision,
+    *,
+    mode: str,
+    recovered_trips: int,
+    skip_budget: int,
+    has_snapshot: bool,
+    at_checkpoint: bool = False,
+) -> tuple[str, str | None]:
+    """What to do about a trip: ``(action, reason)``, where ``reason`` says why the action differs from ``mode``.
+
+    ``mode`` is the callback's ``on_nonfinite``; ``recovered_trips`` the trips already absorbed by skip/rollback;
+    ``has_snapshot`` whether every affected optimiser has a finite snapshot to roll back to.
+    """
+    action, reason = mode, None
+    if decision.fatal:
+        action, reason = "abort", "the loss scaler has been backing off without recovering"
+    elif mode != "abort" and recovered_trips >= skip_budget:
+        action, reason = "abort", f"skip budget of {skip_budget} exhausted"
+    elif mode == "skip" and decision.params_poisoned:
+        action, reason = "abort", "skipping cannot repair non-finite weights (use on_nonfinite='rollback')"
+    elif mode == "rollback" and decision.params_poisoned and not has_snapshot:
+        action, reason = "abort", "no finite snapshot to roll back to"
+    if at_checkpoint and action == "abort":
+        reason = (reason + "; " if reason else "") + "checkpoint not written"
+    return action, reason

@@ -53,14 +53,3 @@ def _dense(t: Tensor) -> Tensor:
     # foreach kernels do not take sparse tensors (e.g. nn.Embedding(sparse=True) gradients)
     return t.coalesce().values() if t.is_sparse else t
 
-
-def versions(tensors: Sequence[Tensor]) -> list[int] | None:
-    """In-place modification counters: equal lists mean no tensor was written in place in between.
-
-    ``None`` where a counter cannot be read (inference tensors): callers must then assume a change. Writes through
-    ``.data`` do not bump the counter (PyTorch documents this), so a caller must not rely on it alone.
-    """
-    try:
-        return [t._version for t in tensors]
-    except RuntimeError:
-        return None

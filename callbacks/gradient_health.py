@@ -6,17 +6,18 @@ decides with the rules in ``_diagnosis.decide`` and then aborts, drops the updat
 snapshot - identically on every rank - and writes a JSON report that says why.
 
 Works with any ``LightningModule`` (automatic optimisation; manual optimisation is checked per
-``optimizer.step()``). Imports only the standard library, torch and lightning.
+``optimizer.step()``) on single-device and DDP strategies; FSDP and DeepSpeed are refused at setup (their
+gradients are sharded or owned by the engine). Imports only the standard library, torch and lightning.
 
 Where each piece happens (and why there):
 
 * ``on_train_batch_start`` / ``on_before_backward``: device-side flags only (no supervised tokens; loss
   NaN/inf, unscaled by the GradScaler's scale and the accumulation factor). Nothing is read back yet.
 * ``on_before_optimizer_step``: Lightning's AMP plugin has already called ``scaler.unscale_`` and has not yet
-  clipped, so gradients are unscaled and pre-clip. Fused ``_foreach_norm`` over the grads (and over the weights
-  unless the last post-update check already measured them and their version counters show no write since), one
-  all-reduce (SUM) of a 7-flag vector (plus the count of ranks that skipped the weight pass), one ``.tolist()``,
-  then the decision. Without a scaler the update has not
+  clipped, so gradients are unscaled and pre-clip. Three steps: *measure* (fused ``_foreach_norm`` over the
+  grads and the weights, one all-reduce (SUM) of a 7-flag vector, one ``.tolist()``), *decide*
+  (``_diagnosis.decide``, pure), *act* (on a trip: replay the batch for provenance, pick the action with
+  ``_diagnosis.choose_action``, write the report, abort or drop the update). Without a scaler the update has not
   happened yet: skip/rollback set every ``.grad`` to ``None`` so torch optimisers leave weights and state alone.
 * ``on_train_batch_end`` (before ModelCheckpoint's, which Lightning orders last): restore the rollback snapshot
   (or, for optimisers outside ``torch.optim``, the pre-step snapshot), else queue a device-side check of the
@@ -27,28 +28,32 @@ Where each piece happens (and why there):
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
 import weakref
-from collections import Counter, deque
-from collections.abc import Mapping
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _diagnosis as dx
-from ._norms import per_tensor_norms, total_norm, versions
+from . import _preflight
+from . import _provenance as pv
+from ._interval import IntervalMax
+from ._norms import per_tensor_norms, total_norm
+from ._precision import active_scaler, scale_tensor
 from ._report import append_trip, report_path
 from ._snapshot import Snapshot, restore, take
+from ._trace import SAMPLES_DESCRIBED, find, trace
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +88,20 @@ class NonFiniteTrainingError(RuntimeError):
 
 
 @dataclass
+class _Measured:
+    """One optimiser step, measured: flags reduced over ranks, this rank's norms, loss and loss scale."""
+
+    flags: dx.StepFlags
+    grad_norm: float
+    loss: float | None
+    loss_scale: float | None
+    grad_norms: list[tuple[str, float]]
+    param_norms: list[tuple[str, float]]
+    grad_order: list[int]
+    grad_values: list[float]
+
+
+@dataclass
 class _Trainable:
     """The trainable parameters of one optimiser, in optimiser order, with their qualified names."""
 
@@ -93,7 +112,8 @@ class _Trainable:
 
 
 class GradientHealth(Callback):
-    r"""Detect non-finite loss, gradients, weights and target-less batches; abort, skip or roll back.
+    r"""Detect non-finite loss, gradients, weights and target-less batches; say where they started; abort, skip
+    or roll back.
 
     Args:
         on_nonfinite: ``"abort"`` raises :class:`NonFiniteTrainingError`; ``"skip"`` drops the offending update
@@ -114,8 +134,16 @@ class GradientHealth(Callback):
             ``snapshot_device="cpu"``). Only used with ``on_nonfinite="rollback"``.
         snapshot_device: keep rollback snapshots on this device (e.g. ``"cpu"`` to spare accelerator memory, at
             the price of a blocking device-to-host copy per snapshot); ``None`` keeps them next to the parameters.
-        warn_on_setup: at fit start, warn about fp16 without a loss scaler and non-fp32 trainable parameters.
+        warn_on_setup: at fit start, warn about set-ups known to go non-finite (fp16 trainable weights under AMP,
+            fp16 without a loss scaler, clipping the precision plugin refuses, a first batch without targets).
         prog_bar: also show ``grad_health/grad_norm`` on the progress bar (the other keys go to the logger only).
+        replay_on_trip: on a trip caused by a non-finite loss or gradient, replay the offending batch once with
+            temporary hooks on every submodule and name the first module (forward or backward) whose output went
+            non-finite. Costs one forward and backward per trip, nothing on healthy steps.
+        sample_id_key: batch key/attribute holding per-row sample identities (e.g. dataset indices), listed in
+            the report of a trip; ``None`` disables. The module (or datamodule) may also define
+            ``per_sample_loss(batch) -> Tensor[B]`` (to find the rows whose loss is non-finite) and
+            ``describe_samples(ids) -> list[str]`` (to name the records).
 
     Skip/rollback cannot help, and abort, when: the scaler's back-off persisted (``max_consecutive_skipped`` /
     ``min_loss_scale``); ``skip`` meets weights that are already non-finite; ``rollback`` has no snapshot yet and
@@ -142,6 +170,8 @@ class GradientHealth(Callback):
         snapshot_device: str | None = None,
         warn_on_setup: bool = True,
         prog_bar: bool = True,
+        replay_on_trip: bool = True,
+        sample_id_key: str | None = "sample_ids",
     ) -> None:
         super().__init__()
         if on_nonfinite not in _ACTIONS:
@@ -153,8 +183,7 @@ class GradientHealth(Callback):
             raise GradientHealthConfigError(f"`min_loss_scale` must be finite and >= 0, got {min_loss_scale!r}.")
         _check_int("skip_budget", skip_budget, minimum=0)
         _check_int("log_per_module_topk", log_per_module_topk, minimum=0)
-        if label_key is not None and (not isinstance(label_key, str) or not label_key):
-            raise GradientHealthConfigError(f"`label_key` must be a non-empty string or None, got {label_key!r}.")
+        _check_key("label_key", label_key)
         _check_int("ignore_index", ignore_index, minimum=None)
         if report_dir is not None and (not isinstance(report_dir, str) or not report_dir):
             raise GradientHealthConfigError(f"`report_dir` must be a non-empty string or None, got {report_dir!r}.")
@@ -165,10 +194,10 @@ class GradientHealth(Callback):
                 self._snapshot_device = torch.device(snapshot_device)
             except (RuntimeError, TypeError) as err:
                 raise GradientHealthConfigError(f"`snapshot_device` is not a valid torch device: {snapshot_device!r}.") from err
-        if not isinstance(warn_on_setup, bool):
-            raise GradientHealthConfigError(f"`warn_on_setup` must be a bool, got {warn_on_setup!r}.")
-        if not isinstance(prog_bar, bool):
-            raise GradientHealthConfigError(f"`prog_bar` must be a bool, got {prog_bar!r}.")
+        for name, flag in (("warn_on_setup", warn_on_setup), ("prog_bar", prog_bar), ("replay_on_trip", replay_on_trip)):
+            if not isinstance(flag, bool):
+                raise GradientHealthConfigError(f"`{name}` must be a bool, got {flag!r}.")
+        _check_key("sample_id_key", sample_id_key)
 
         self.on_nonfinite = on_nonfinite
         self.max_consecutive_skipped = max_consecutive_skipped
@@ -182,6 +211,8 @@ class GradientHealth(Callback):
         self.snapshot_device = snapshot_device
         self.warn_on_setup = warn_on_setup
         self.prog_bar = prog_bar
+        self.replay_on_trip = replay_on_trip
+        self.sample_id_key = sample_id_key
 
         # counters (checkpointed)
         self._skipped_steps = 0
@@ -194,20 +225,31 @@ class GradientHealth(Callback):
         self._report_dir: str | None = None
         self._trainables: dict[int, _Trainable] = {}
         self._snapshots: dict[int, Snapshot] = {}
-        self._pending_restore: tuple[Optimizer, _Trainable, Snapshot] | None = None
-        self._post_check: _Trainable | None = None
+        self._pending_restores: list[tuple[Optimizer, _Trainable, Snapshot]] = []
+        self._post_checks: dict[int, _Trainable] = {}
         self._params_after: Tensor | None = None  # device flag: weights non-finite after the last update
-        # (id of the _Trainable, version counters) of the weights that flag covers: while they are unchanged, the
-        # pre-step weight pass would re-measure the very same tensors, so it is skipped
-        self._checked_versions: tuple[int, list[int]] | None = None
+        self._window: deque[pv.RecordedBatch] = deque(maxlen=1)  # the micro-batches of this optimiser step
         self._poisoned = False  # we aborted with non-finite weights in memory
         self._guard_handle: torch.utils.hooks.RemovableHandle | None = None
         self._trainer_ref: weakref.ReferenceType[pl.Trainer] | None = None
         self._label_warned = False
+        self._first_batch_checked = False
         self._batch_idx = -1
         self._norm_history: deque[tuple[int, float]] = deque(maxlen=_NORM_HISTORY)
-        self._reset_interval()
+        self._interval = IntervalMax()
         self._reset_step()
+
+    @property
+    def state_key(self) -> str:
+        """Two instances with different settings keep separate checkpoint entries (as Lightning's callbacks do)."""
+        return self._generate_state_key(
+            on_nonfinite=self.on_nonfinite, label_key=self.label_key, report_dir=self.report_dir
+        )
+
+    @property
+    def _legacy_state_key(self) -> str:  # type: ignore[override]
+        """Checkpoints written before ``state_key`` existed keep this callback's state under its class name."""
+        return type(self).__qualname__
 
     # ------------------------------------------------------------------ public read-only state
     @property
@@ -231,18 +273,25 @@ class GradientHealth(Callback):
         return list(self._trips)
 
     # ------------------------------------------------------------------ lifecycle
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            _refuse_sharded(trainer)
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # trainer.log_dir broadcasts, so it must be resolved here, on every rank - never inside a trip
         self._report_dir = self.report_dir or trainer.log_dir or trainer.default_root_dir
         self._trainer_ref = weakref.ref(trainer)
         if self.warn_on_setup:
-            self._warn_setup(trainer, pl_module)
+            for message in _preflight.preflight(_preflight.trainer_facts(trainer, pl_module)):
+                rank_zero_warn(message)
         if self._guard_handle is None:
             self._guard_handle = pl_module.register_state_dict_pre_hook(self._checkpoint_guard)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset_step()
-        self._reset_interval()
+        self._interval.reset()
+        self._window = deque(maxlen=max(1, int(trainer.accumulate_grad_batches)))
+        self._first_batch_checked = False
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._guard_handle is not None:
@@ -250,8 +299,9 @@ class GradientHealth(Callback):
             self._guard_handle = None
         self._snapshots.clear()
         self._trainables.clear()
-        self._pending_restore = None
-        self._post_check = None
+        self._pending_restores.clear()
+        self._post_checks.clear()
+        self._window.clear()
         self._params_after = None
 
     def state_dict(self) -> dict[str, Any]:
@@ -281,9 +331,22 @@ class GradientHealth(Callback):
     # ------------------------------------------------------------------ per batch: cheap device-side flags
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self._batch_idx = batch_idx
-        if self.label_key is None:
+        if self.replay_on_trip and pl_module.automatic_optimization:
+            self._window.append(pv.record(batch, batch_idx))  # a reference and the RNG state: no copy, no sync
+        empty = self._empty_flag(batch)
+        if empty is None:
             return
-        labels = _find(batch, self.label_key)
+        self._empty = empty if self._empty is None else (self._empty | empty)
+        if not self._first_batch_checked:
+            self._first_batch_checked = True
+            if self.warn_on_setup and bool(empty):  # one host read, on the first batch only
+                rank_zero_warn(_preflight.empty_first_batch(str(self.label_key), self.ignore_index))
+
+    def _empty_flag(self, batch: Any) -> Tensor | None:
+        """Device flag: the batch has no supervised target (``None`` when there is nothing to check)."""
+        if self.label_key is None:
+            return None
+        labels = find(batch, self.label_key)
         if labels is None:
             if not self._label_warned:
                 self._label_warned = True
@@ -291,20 +354,19 @@ class GradientHealth(Callback):
                     f"GradientHealth: the batch has no {self.label_key!r} key or attribute; the 'no supervised"
                     " tokens' check is off. Pass `label_key=None` to silence this, or the right key."
                 )
-            return
+            return None
         if not isinstance(labels, Tensor):
             try:
                 labels = torch.as_tensor(labels)
             except (TypeError, ValueError, RuntimeError):
-                return  # ragged python lists etc.: nothing cheap to check
-        empty = torch.count_nonzero(labels != self.ignore_index) == 0  # stays on device: no sync
-        self._empty = empty if self._empty is None else (self._empty | empty)
+                return None  # ragged python lists etc.: nothing cheap to check
+        return torch.count_nonzero(labels != self.ignore_index) == 0  # stays on device: no sync
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
         value = loss.detach().float()
-        scaler = _active_scaler(trainer)
-        if scaler is not None and getattr(scaler, "_scale", None) is not None:
-            value = value / scaler._scale.to(value.device)  # precision plugin scaled it before this hook
+        scale = scale_tensor(active_scaler(trainer.precision_plugin))
+        if scale is not None:
+            value = value / scale.to(value.device)  # precision plugin scaled it before this hook
         if pl_module.automatic_optimization:
             value = value * trainer.accumulate_grad_batches  # Lightning divided it for accumulation
         nan, inf = torch.isnan(value), torch.isinf(value)
@@ -317,28 +379,31 @@ class GradientHealth(Callback):
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer) -> None:
         """Runs after AMP unscaling and before gradient clipping: gradients here are what the optimiser would use
         (pre-clip). Without a scaler the update has not happened yet, so it can still be dropped."""
-        step = trainer.global_step
         trainable = self._trainable(optimizer, pl_module)
-        device = trainable.params[0].device if trainable.params else pl_module.device
-        scaler = _active_scaler(trainer)
-        scale_t: Tensor | None = getattr(scaler, "_scale", None) if scaler is not None else None
+        measured = self._measure(trainer, pl_module, optimizer, trainable)
+        decision = self._decide(measured.flags, trainer.global_step, measured.loss_scale)
+        self._account(trainer.global_step, measured, decision, trainable)
+        if decision.verdict is dx.Verdict.TRIP:
+            self._act_on_trip(trainer, pl_module, optimizer, trainable, decision, measured)
+        else:
+            if self.on_nonfinite == "rollback":
+                self._maybe_snapshot(optimizer, trainable, trainer.global_step)  # weights verified finite just now
+            if decision.verdict is dx.Verdict.HEALTHY:
+                self._post_checks[id(optimizer)] = trainable  # the update will be applied: check the weights after
+        self._window.clear()
+        self._log(trainer, pl_module, measured.loss_scale)
 
+    def _measure(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer, trainable: _Trainable
+    ) -> _Measured:
+        """Norms of gradients and weights, the step's flags reduced over ranks: one collective, one host sync."""
+        device = trainable.params[0].device if trainable.params else pl_module.device
+        scale_t = scale_tensor(active_scaler(trainer.precision_plugin))
         grad_norms, grad_order = per_tensor_norms([p.grad for p in trainable.params], device)
         if scale_t is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
             grad_norms = grad_norms / scale_t.to(device)  # fused optimisers unscale inside step(): do it here
         gnorm = total_norm(grad_norms)
-        # the last update's post-check already measured these weights, and nothing has written them since: the
-        # flag it left (_params_after) answers "are the weights finite?" and a second pass would cost a full
-        # read of every trainable tensor per step. Writes that bypass the version counter (``p.data[...] = x``)
-        # are caught by the re-check on the trip path below, or by the post-check after this update.
-        covered = self._params_after is not None and self._weights_unchanged(trainable)
-        if covered:
-            param_norms, param_order = torch.zeros(0, device=device), []
-            pnorm = torch.zeros((), device=device)
-        else:
-            param_norms, param_order = per_tensor_norms(trainable.params, device)
-            pnorm = total_norm(param_norms)
-
+        param_norms, param_order = per_tensor_norms(trainable.params, device)
         flags = torch.stack(
             [
                 _flag(self._loss_nan, device),
@@ -346,12 +411,8 @@ class GradientHealth(Callback):
                 _flag(self._empty, device),
                 torch.isnan(gnorm),
                 torch.isinf(gnorm),
-                ~torch.isfinite(pnorm),
+                ~torch.isfinite(total_norm(param_norms)),
                 _flag(self._params_after, device),
-                # not a condition: how many ranks skipped the weight pass. Reduced with the flags so that every
-                # rank agrees on whether the trip path re-measures (a collective) - the counters can differ
-                # between ranks, e.g. after a write on one rank only
-                torch.full((), float(covered), device=device),
             ]
         ).float()
         flags = _all_reduce_sum(trainer, flags)  # the one collective: every rank gets the same verdict
@@ -360,82 +421,77 @@ class GradientHealth(Callback):
             if self._loss_sum is not None
             else torch.full((), math.nan, device=device)
         )
-        scale = (
-            scale_t.to(device=device, dtype=torch.float32).reshape(())
-            if scale_t is not None
-            else torch.full((), math.nan, device=device)
-        )
-        payload = torch.cat([flags, torch.stack([gnorm, loss, scale]), grad_norms, param_norms])
-        values = payload.tolist()  # THE host sync of this step
+        scale = scale_t.to(device=device, dtype=torch.float32).reshape(()) if scale_t is not None else loss.new_full((), math.nan)
+        values = torch.cat([flags, torch.stack([gnorm, loss, scale]), grad_norms, param_norms]).tolist()  # THE sync
         had_loss = self._loss_sum is not None
         self._reset_step()
+        n, g = len(dx.FLAG_NAMES), len(grad_order)
+        return _Measured(
+            flags=dx.StepFlags.from_values(values[:n]),
+            grad_norm=values[n],
+            loss=values[n + 1] if had_loss else None,
+            loss_scale=values[n + 2] if scale_t is not None else None,
+            grad_norms=[(trainable.names[i], v) for i, v in zip(grad_order, values[n + 3 : n + 3 + g])],
+            param_norms=[(trainable.names[i], v) for i, v in zip(param_order, values[n + 3 + g :])],
+            grad_order=grad_order,
+            grad_values=values[n + 3 : n + 3 + g],
+        )
 
-        n = len(dx.FLAG_NAMES)
-        flag_values = dx.StepFlags.from_values(values[:n])
-        covered_ranks = round(values[n])
-        local_gnorm, local_loss, scale_value = values[n + 1 : n + 4]
-        g = values[n + 4 : n + 4 + len(grad_order)]
-        pn = values[n + 4 + len(grad_order) :]
-        loss_scale = scale_value if scale_t is not None else None
+    def _account(self, step: int, measured: _Measured, decision: dx.Decision, trainable: _Trainable) -> None:
+        """Host-side bookkeeping of a measured step: norm history, loss-scale tracker, the logging interval."""
+        self._norm_history.append((step, measured.grad_norm))
+        if measured.loss_scale is not None:
+            self._scaler.record(step, measured.loss_scale, skipped=decision.verdict is dx.Verdict.SCALER_SKIP)
+        self._interval.add(measured.grad_norm)
+        if self.log_per_module_topk > 0:
+            self._interval.add_modules((trainable.modules[i], v) for i, v in zip(measured.grad_order, measured.grad_values))
 
-        decision = self._decide(flag_values, step, loss_scale)
-        if covered_ranks and decision.verdict is dx.Verdict.TRIP:
-            # rare path, so a second sync is fine: measure the weights after all (on every rank, since it is a
-            # collective), for the diagnosis and the report
-            pn, param_order, poisoned_ranks = self._measure_weights(trainer, trainable, device)
-            if poisoned_ranks:
-                flag_values = dataclasses.replace(flag_values, params_nonfinite_before=poisoned_ranks)
-                decision = self._decide(flag_values, step, loss_scale)
-        self._norm_history.append((step, local_gnorm))
-        if loss_scale is not None:
-            self._scaler.record(step, loss_scale, skipped=decision.verdict is dx.Verdict.SCALER_SKIP)
-        self._update_interval(local_gnorm, trainable, grad_order, g)
-
-        if decision.verdict is dx.Verdict.TRIP:
-            context = {  # named per-tensor norms for the report: built only when there is one to write
-                "loss": local_loss if had_loss else None,
-                "grad_norm": local_gnorm,
-                "loss_scale": loss_scale,
-                "flags": flag_values.as_dict(),
-                "grad_norms": [(trainable.names[i], v) for i, v in zip(grad_order, g)],
-                "param_norms": [(trainable.names[i], v) for i, v in zip(param_order, pn)],
-            }
-            # raises on abort (after the report is written); otherwise drops this update
-            action = self._trip(trainer, optimizer, decision, context, where="optimizer_step")
-            for p in trainable.params:
-                # torch.optim optimisers skip parameters whose .grad is None: no weight decay, no momentum,
-                # no state change. A GradScaler that found inf skips step() anyway.
-                p.grad = None
-            snap = self._snapshots.get(id(optimizer)) if action == "rollback" else None
-            if snap is None and not _is_torch_optimizer(optimizer):
-                # an optimiser we cannot trust to honour grad=None: undo whatever its step does
-                snap = take(trainable.params, optimizer, step, device=self._snapshot_device)
-            if snap is not None:
-                self._pending_restore = (optimizer, trainable, snap)
-        else:
-            if self.on_nonfinite == "rollback":
-                self._maybe_snapshot(optimizer, trainable, step)  # weights verified finite just now
-            if decision.verdict is dx.Verdict.HEALTHY:
-                self._post_check = trainable  # the update will be applied: check the weights after it
-        self._checked_versions = None  # the pre-step weights are consumed; only a new post-check re-arms the skip
-        self._log(trainer, pl_module, loss_scale)
+    def _act_on_trip(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        optimizer: Optimizer,
+        trainable: _Trainable,
+        decision: dx.Decision,
+        measured: _Measured,
+    ) -> None:
+        """Say where it started, report, then abort (raises) or drop this update (skip / rollback)."""
+        context = {
+            "loss": measured.loss,
+            "grad_norm": measured.grad_norm,
+            "loss_scale": measured.loss_scale,
+            "flags": measured.flags.as_dict(),
+            "grad_norms": measured.grad_norms,
+            "param_norms": measured.param_norms,
+        }
+        provenance = self._provenance(trainer, pl_module, decision)
+        restore_all = decision.params_poisoned  # weights already broken: every optimiser's weights may be
+        has_snapshot = self._have_snapshots(trainer) if restore_all else id(optimizer) in self._snapshots
+        action = self._trip(trainer, optimizer, decision, context, "optimizer_step", has_snapshot, provenance)
+        for p in trainable.params:
+            # torch.optim optimisers skip parameters whose .grad is None: no weight decay, no momentum,
+            # no state change. A GradScaler that found inf skips step() anyway.
+            p.grad = None
+        if action == "rollback":
+            keys = list(self._trainables) if restore_all else [id(optimizer)]
+            self._pending_restores.extend(self._restorable(trainer, keys))
+        if not any(opt is optimizer for opt, _, _ in self._pending_restores) and not _is_torch_optimizer(optimizer):
+            # an optimiser we cannot trust to honour grad=None: undo whatever its step does
+            snap = take(trainable.params, optimizer, trainer.global_step, device=self._snapshot_device)
+            self._pending_restores.append((optimizer, trainable, snap))
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         # runs before ModelCheckpoint.on_train_batch_end (Lightning orders checkpoint callbacks last)
-        if self._pending_restore is not None:
-            optimizer, trainable, snap = self._pending_restore
-            self._pending_restore = None
+        for optimizer, trainable, snap in self._pending_restores:
             restore(snap, trainable.params, optimizer)
-        elif self._post_check is not None:
-            trainable, self._post_check = self._post_check, None
-            if trainable.params:
-                norms, _ = per_tensor_norms(trainable.params, trainable.params[0].device)
-                # no sync: judged with the next step's flags, at a checkpoint, or at train end
-                self._params_after = ~torch.isfinite(total_norm(norms))
-                counters = versions(trainable.params)
-                self._checked_versions = (id(trainable), counters) if counters is not None else None
+        self._pending_restores.clear()
+        flags = [_nonfinite(t.params) for t in self._post_checks.values() if t.params]
+        self._post_checks.clear()
+        if flags:
+            # no sync: judged with the next step's flags, at a checkpoint, or at train end
+            self._params_after = torch.stack([f.to(flags[0].device) for f in flags]).any()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Judge the update of the last step, which no later step will look at."""
@@ -457,6 +513,16 @@ class GradientHealth(Callback):
                     "GradientHealth: weights are non-finite; the save-on-exception checkpoint was not written."
                 )
 
+    # ------------------------------------------------------------------ where it started, which samples
+    def _provenance(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, decision: dx.Decision
+    ) -> pv.Provenance | None:
+        """``None`` when this kind of trip has nothing to replay (broken weights, a batch without targets) or
+        replay is off; otherwise the replay's answer, with the samples that carried the non-finite values."""
+        if not (self.replay_on_trip and dx.replayable(decision)):
+            return None
+        return trace(trainer, pl_module, self._window, self.sample_id_key)
+
     # ------------------------------------------------------------------ acting on a trip
     def _trip(
         self,
@@ -465,31 +531,23 @@ class GradientHealth(Callback):
         decision: dx.Decision,
         context: dict[str, Any],
         where: str,
+        has_snapshot: bool,
+        provenance: pv.Provenance | None = None,
     ) -> str:
         """Pick the action, write the report, count, and raise on abort. Returns "skip" or "rollback"."""
         assert decision.diagnosis is not None
-        mode = self.on_nonfinite
-        action, reason = mode, None
-        has_snapshot = optimizer is not None and id(optimizer) in self._snapshots
-        if decision.fatal:
-            action, reason = "abort", "the loss scaler has been backing off without recovering"
-        elif mode != "abort" and self._recovered_trips >= self.skip_budget:
-            action, reason = "abort", f"skip budget of {self.skip_budget} exhausted"
-        elif mode == "skip" and decision.params_poisoned:
-            action, reason = "abort", "skipping cannot repair non-finite weights (use on_nonfinite='rollback')"
-        elif mode == "rollback" and decision.params_poisoned and not has_snapshot:
-            action, reason = "abort", "no finite snapshot to roll back to"
-        if where == "checkpoint" and action == "abort":
-            reason = (reason + "; " if reason else "") + "checkpoint not written"
-
+        action, reason = dx.choose_action(
+            decision,
+            mode=self.on_nonfinite,
+            recovered_trips=self._recovered_trips,
+            skip_budget=self.skip_budget,
+            has_snapshot=has_snapshot,
+            at_checkpoint=where == "checkpoint",
+        )
         step = trainer.global_step
         self._trip_count += 1
         path = report_path(self._report_dir or trainer.default_root_dir, trainer.global_rank)
-        message = (
-            f"GradientHealth: {decision.diagnosis} at global step {step} (epoch {trainer.current_epoch}, batch"
-            f" {self._batch_idx}) -> {action}" + (f" ({reason})" if reason else "") + f". Report: {path}"
-            f". Fix: {dx.advice(decision.diagnosis, mode)}"
-        )
+        message = self._message(trainer, decision, action, reason, provenance, path)
         if action != "abort":
             self._recovered_trips += 1
             if action == "skip":
@@ -497,6 +555,7 @@ class GradientHealth(Callback):
             else:
                 self._rolled_back_steps += 1
         record = self._record(trainer, optimizer, decision, context, action, reason, message, where)
+        record["provenance"] = provenance.as_dict() if provenance is not None else None
         self._trips.append(record)
         written: str | None = None
         try:
@@ -510,20 +569,62 @@ class GradientHealth(Callback):
             raise NonFiniteTrainingError(message, diagnosis=decision.diagnosis, global_step=step, report_path=written)
         return action
 
+    def _message(
+        self,
+        trainer: pl.Trainer,
+        decision: dx.Decision,
+        action: str,
+        reason: str | None,
+        provenance: pv.Provenance | None,
+        path: Any,
+    ) -> str:
+        """The one line a user reads: what, where it started, which samples, what was done, the report, the fix."""
+        assert decision.diagnosis is not None
+        parts = [
+            f"GradientHealth: {decision.diagnosis} at global step {trainer.global_step} (epoch {trainer.current_epoch},"
+            f" batch {self._batch_idx}"
+            + (f", rank {trainer.global_rank}" if trainer.world_size > 1 else "")
+            + f") -> {action}"
+            + (f" ({reason})" if reason else "")
+        ]
+        fix = dx.advice(decision.diagnosis, self.on_nonfinite)
+        if provenance is not None:
+            parts.append(provenance.summary())
+            samples = provenance.samples.get("nonfinite_ids")
+            if samples:
+                records = provenance.samples.get("records") or []
+                parts.append(f"samples {samples[:SAMPLES_DESCRIBED]}" + (f" ({'; '.join(records)})" if records else ""))
+            fix = provenance.advice() or fix
+        return "; ".join(parts) + f". Report: {path}. Fix: {fix}"
+
     def _trip_outside_step(self, trainer: pl.Trainer, where: str) -> None:
-        """Weights found non-finite after an update (train end, checkpoint): abort, or roll back right now."""
+        """Weights found non-finite after an update (train end, checkpoint): abort, or roll back every optimiser."""
         decision = dx.Decision(dx.Verdict.TRIP, dx.D_PARAMS_AFTER, params_poisoned=True)
-        for key, trainable in list(self._trainables.items()):
-            optimizer = self._optimizer_by_id(trainer, key)
-            if optimizer is None:
-                continue
-            context = {"flags": {"params_nonfinite_after_prev_step": 1}, "param_norms": _names_norms(trainable)}
-            self._trip(trainer, optimizer, decision, context, where=where)  # raises unless rollback
-            restore(self._snapshots[key], trainable.params, optimizer)
-            self._params_after = None  # repaired: the pending post-update flag is stale
+        restorable = self._restorable(trainer, list(self._trainables))
+        if not self._trainables:
+            # no optimiser step seen yet (e.g. non-finite weights loaded before the first step): nothing to restore
+            self._trip(trainer, None, decision, {"flags": {"params_nonfinite_before": 1}}, where, has_snapshot=False)
             return
-        # no optimiser step seen yet (e.g. non-finite weights loaded before the first step): nothing to restore
-        self._trip(trainer, None, decision, {"flags": {"params_nonfinite_before": 1}}, where=where)
+        first = next(iter(self._trainables.values()))
+        optimizer = self._optimizer_by_id(trainer, next(iter(self._trainables)))
+        context = {"flags": {"params_nonfinite_after_prev_step": 1}, "param_norms": _names_norms(first)}
+        self._trip(trainer, optimizer, decision, context, where, has_snapshot=self._have_snapshots(trainer))
+        for opt, trainable, snap in restorable:  # only reached on rollback: restore all of them, not the first
+            restore(snap, trainable.params, opt)
+        self._params_after = None  # repaired: the pending post-update flag is stale
+
+    def _restorable(self, trainer: pl.Trainer, keys: list[int]) -> list[tuple[Optimizer, _Trainable, Snapshot]]:
+        out = []
+        for key in keys:
+            optimizer = self._optimizer_by_id(trainer, key)
+            if optimizer is not None and key in self._snapshots:
+                out.append((optimizer, self._trainables[key], self._snapshots[key]))
+        return out
+
+    def _have_snapshots(self, trainer: pl.Trainer) -> bool:
+        """Every live optimiser seen so far has a finite snapshot to go back to."""
+        live = [key for key in self._trainables if self._optimizer_by_id(trainer, key) is not None]
+        return bool(live) and all(key in self._snapshots for key in live)
 
     def _checkpoint_guard(self, module: torch.nn.Module, prefix: str, keep_vars: bool) -> None:
         """state_dict pre-hook: refuse to serialise non-finite trainable weights during fit.
@@ -538,10 +639,7 @@ class GradientHealth(Callback):
         params = [p for t in self._trainables.values() for p in t.params] or [
             p for p in module.parameters() if p.requires_grad
         ]
-        if not params:
-            return
-        norms, _ = per_tensor_norms(params, params[0].device)
-        if bool(torch.isfinite(total_norm(norms))):
+        if not params or not bool(_nonfinite(params)):
             return
         self._trip_outside_step(trainer, where="checkpoint")
 
@@ -620,22 +718,6 @@ class GradientHealth(Callback):
             min_loss_scale=self.min_loss_scale,
         )
 
-    def _weights_unchanged(self, trainable: _Trainable) -> bool:
-        """True when the post-update check saw exactly these tensors and none was written in place since."""
-        if self._checked_versions is None:
-            return False
-        key, counters = self._checked_versions
-        return key == id(trainable) and versions(trainable.params) == counters
-
-    def _measure_weights(
-        self, trainer: pl.Trainer, trainable: _Trainable, device: torch.device
-    ) -> tuple[list[float], list[int], int]:
-        """Per-tensor weight norms (local) and the number of ranks whose weights are non-finite (one collective)."""
-        norms, order = per_tensor_norms(trainable.params, device)
-        bad = (~torch.isfinite(total_norm(norms))).float().reshape(1)
-        ranks = _all_reduce_sum(trainer, bad)
-        return norms.tolist(), order, int(round(ranks.item()))
-
     def _maybe_snapshot(self, optimizer: Optimizer, trainable: _Trainable, step: int) -> None:
         previous = self._snapshots.get(id(optimizer))
         if previous is None or step - previous.step >= self.snapshot_every_n_steps:
@@ -650,30 +732,11 @@ class GradientHealth(Callback):
                 return opt
         return None
 
-    def _update_interval(self, gnorm: float, trainable: _Trainable, order: list[int], norms: list[float]) -> None:
-        if math.isfinite(gnorm):
-            self._interval_max = gnorm if self._interval_max is None else max(self._interval_max, gnorm)
-        else:
-            self._interval_nonfinite = True
-        if self.log_per_module_topk > 0:
-            squares: dict[str, float] = {}
-            for i, v in zip(order, norms):
-                module = trainable.modules[i]
-                squares[module] = squares.get(module, 0.0) + v * v
-            for module, sq in squares.items():
-                value = math.sqrt(sq)
-                if math.isfinite(value) and value > self._interval_modules.get(module, -1.0):
-                    self._interval_modules[module] = value
-
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss_scale: float | None) -> None:
         if not _should_log(trainer):
             return
-        if self._interval_max is not None:
-            grad_norm = self._interval_max  # spikes between two log points are kept: max over the interval
-        else:
-            grad_norm = math.inf if self._interval_nonfinite else 0.0
         metrics: dict[str, float] = {
-            KEY_GRAD_NORM: grad_norm,
+            KEY_GRAD_NORM: self._interval.grad_norm(),
             KEY_SKIPPED: float(self._skipped_steps),
             KEY_ROLLED_BACK: float(self._rolled_back_steps),
         }
@@ -681,8 +744,7 @@ class GradientHealth(Callback):
             metrics[KEY_LOSS_SCALE] = loss_scale
             metrics[KEY_SCALER_SKIPPED] = float(self._scaler.total_skipped)
         if self.log_per_module_topk > 0:
-            top = sorted(self._interval_modules.items(), key=lambda item: item[1], reverse=True)
-            for module, value in top[: self.log_per_module_topk]:
+            for module, value in self._interval.top_modules(self.log_per_module_topk):
                 metrics[KEY_MODULE_PREFIX + module] = value
         for key, value in metrics.items():
             # host values as CPU tensors: a Python float would be copied to the module's device (a blocking H2D
@@ -695,12 +757,7 @@ class GradientHealth(Callback):
                 sync_dist=False,
                 prog_bar=self.prog_bar and key == KEY_GRAD_NORM,
             )
-        self._reset_interval()
-
-    def _reset_interval(self) -> None:
-        self._interval_max: float | None = None
-        self._interval_nonfinite = False
-        self._interval_modules: dict[str, float] = {}
+        self._interval.reset()
 
     def _reset_step(self) -> None:
         self._loss_sum: Tensor | None = None
@@ -709,22 +766,6 @@ class GradientHealth(Callback):
         self._loss_inf: Tensor | None = None
         self._empty: Tensor | None = None
         self._params_after = None
-
-    def _warn_setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        precision = str(trainer.precision)
-        if precision.startswith("16") and _active_scaler(trainer) is None:
-            rank_zero_warn(
-                f"GradientHealth: precision={precision!r} runs without a GradScaler (Lightning creates none on CPU"
-                " and none for '16-true'): overflowing fp16 gradients are not backed off, so every non-finite"
-                " gradient is fatal."
-            )
-        dtypes = Counter(str(p.dtype) for p in pl_module.parameters() if p.requires_grad and p.dtype != torch.float32)
-        if dtypes:
-            listing = ", ".join(f"{n} x {dt}" for dt, n in dtypes.items())
-            rank_zero_warn(
-                f"GradientHealth: trainable parameters are not fp32 ({listing}): small updates are rounded away"
-                " and overflow is likelier. Keep trainable (master) weights in fp32."
-            )
 
 
 # ---------------------------------------------------------------------- module-level helpers
@@ -735,23 +776,26 @@ def _check_int(name: str, value: Any, minimum: int | None) -> None:
         raise GradientHealthConfigError(f"`{name}` must be >= {minimum}, got {value!r}.")
 
 
-def _find(batch: Any, key: str) -> Any:
-    if isinstance(batch, Mapping):
-        return batch.get(key)
-    return getattr(batch, key, None)
+def _check_key(name: str, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise GradientHealthConfigError(f"`{name}` must be a non-empty string or None, got {value!r}.")
+
+
+def _refuse_sharded(trainer: pl.Trainer) -> None:
+    """FSDP/DeepSpeed shard or own the gradients: per-rank norms would be of shards, decisions per shard."""
+    strategy = trainer.strategy
+    if isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
+        raise GradientHealthConfigError(
+            f"{type(strategy).__name__} is not supported: its gradients are sharded (or owned by the engine), so"
+            " per-rank norms would miss most of the model and a rollback would restore shards. Fix: use"
+            " strategy='ddp' (or a single device), or remove GradientHealth from the callbacks."
+        )
 
 
 def _flag(value: Tensor | None, device: torch.device) -> Tensor:
     if value is None:
         return torch.zeros((), dtype=torch.bool, device=device)
     return value.to(device).reshape(())
-
-
-def _active_scaler(trainer: pl.Trainer) -> Any:
-    scaler = getattr(trainer.precision_plugin, "scaler", None)
-    if scaler is None or not getattr(scaler, "is_enabled", lambda: True)():
-        return None
-    return scaler
 
 
 def _all_reduce_sum(trainer: pl.Trainer, tensor: Tensor) -> Tensor:
@@ -787,3 +831,9 @@ def _names_norms(trainable: _Trainable) -> list[tuple[str, float]]:
         return []
     norms, order = per_tensor_norms(trainable.params, trainable.params[0].device)
     return [(trainable.names[i], v) for i, v in zip(order, norms.tolist())]
+
+
+def _nonfinite(params: list[Tensor]) -> Tensor:
+    """Device flag: some weight is non-finite (one fused norm pass, no sync)."""
+    norms, _ = per_tensor_norms(params, params[0].device)
+    return ~torch.isfinite(total_norm(norms))

@@ -21,12 +21,18 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class Example:
-    """One tokenised record: ``prompt_ids + answer_ids`` is what the model trains on."""
+    """One tokenised record: ``prompt_ids + answer_ids`` is what the model trains on.
+
+    ``index`` is the record's position in the data module's list it was tokenised from (for
+    training, ``train_records``/``train_examples``), carried into batches as ``sample_ids`` so a
+    bad step can be traced to its records; -1 for examples built by hand outside a data module.
+    """
 
     prompt_ids: tuple[int, ...]
     answer_ids: tuple[int, ...]
     question: str
     answer: float
+    index: int = -1
 
     def __len__(self) -> int:
         return len(self.prompt_ids) + len(self.answer_ids)
@@ -34,7 +40,11 @@ class Example:
 
 class TrainCollator:
     """Right-padded ``input_ids``/``attention_mask``/``labels``; labels are -100 on the prompt
-    and on padding, so only answer tokens (and the closing EOS) are supervised."""
+    and on padding, so only answer tokens (and the closing EOS) are supervised.
+
+    ``sample_ids`` ([B], long) holds each row's ``Example.index``: the gradient-health callback
+    names the records of a non-finite step from it (``SFTDataModule.describe_samples``).
+    """
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
@@ -49,7 +59,8 @@ class TrainCollator:
             input_ids[row, : len(ids)] = torch.tensor(ids)
             attention_mask[row, : len(ids)] = 1
             labels[row, len(ex.prompt_ids) : len(ids)] = torch.tensor(ex.answer_ids)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        sample_ids = torch.tensor([ex.index for ex in examples], dtype=torch.long)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "sample_ids": sample_ids}
 
 
 class EvalCollator(TrainCollator):

@@ -7,12 +7,14 @@ second); tokenisation and the truncation check happen once in ``setup``.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
 from torch.utils.data import DataLoader, SequentialSampler
 from transformers import PreTrainedTokenizerBase
 
@@ -203,8 +205,30 @@ class SFTDataModule(L.LightningDataModule):
                     f"data.max_length={hp.max_length}, so its answer would be truncated and nothing supervised. "
                     f"Question starts: {record.question[:60]!r}. Fix: shorten the question or raise --data.max_length."
                 )
-            examples.append(Example(tuple(p_ids), tuple(a_ids), record.question, record.answer))
+            examples.append(Example(tuple(p_ids), tuple(a_ids), record.question, record.answer, first_index + index))
         return examples
+
+    def describe_samples(self, sample_ids: Sequence[int] | Tensor) -> list[str]:
+        """One line per training-set id (a batch's ``sample_ids``) naming the record, so a report of a bad
+        step can send the user to it: its place in the file, or for generated data its index in
+        ``train_records`` of a data module with the same settings and seed. Never raises: an id that is
+        not in the training set gets a line saying so.
+        """
+        ids = sample_ids.tolist() if isinstance(sample_ids, Tensor) else sample_ids
+        return [self._describe_sample(int(i)) for i in ids]
+
+    def _describe_sample(self, sample_id: int) -> str:
+        records = self.train_records
+        if not 0 <= sample_id < len(records):
+            return f"sample {sample_id}: not in the training set (it has {len(records)} records)"
+        record = records[sample_id]
+        if record.origin is not None:
+            where = record.origin
+        elif self.hparams.train_file is None:
+            where = f"generated training record {sample_id} (seed {self.hparams.seed})"
+        else:
+            where = f"training record {sample_id}"
+        return f"{where}: {_quoted(record.question)} -> {record.answer:.12g}"
 
     def train_dataloader(self) -> DataLoader:
         self._require_setup()
@@ -283,6 +307,12 @@ def _without_questions_in(records: list[QARecord], sets: Iterable[list[QARecord]
     if len(kept) < len(records):
         rank_zero_info(f"generated training set: left out {len(records) - len(kept)} questions that a validation set asks too")
     return kept
+
+
+def _quoted(question: str, limit: int = 120) -> str:
+    """The question as a JSON string (quotes and newlines escaped), cut to ``limit`` characters."""
+    short = question if len(question) <= limit else question[: limit - 3] + "..."
+    return json.dumps(short, ensure_ascii=False)
 
 
 @contextlib.contextmanager

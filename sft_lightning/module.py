@@ -28,6 +28,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
+from callbacks import active_scaler
 from sft_lightning.batching import IGNORE_INDEX
 from sft_lightning.budget import find_time_budget
 from sft_lightning.calculator import CalculatorHook
@@ -35,7 +36,7 @@ from sft_lightning.compile import compile_decoder_layers, eager
 from sft_lightning.errors import check, check_directory, finite
 from sft_lightning.export import export_adapter
 from sft_lightning.generation import greedy_generate
-from sft_lightning.loss import supervised_loss_sum
+from sft_lightning.loss import per_sample_loss, supervised_loss_sum
 from sft_lightning.merged_lora import merged_lora_weights
 from sft_lightning.metrics import MAIN_VAL_SET, AnswerMetrics, parse_answers
 from sft_lightning.models import EMBEDDED, ModelLoadError, load_model, load_tokenizer
@@ -196,6 +197,17 @@ class SFTModule(L.LightningModule):
         self._window_complete = self._ends_accumulation_window(batch_idx)
         return loss_sum / self._reference_tokens
 
+    @torch.no_grad()
+    def per_sample_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Each row's mean supervised loss ([B], fp32; NaN for a row with no supervised token).
+
+        Used by GradientHealth to name the samples (``batch["sample_ids"]``) whose loss is non-finite.
+        A diagnostic: no autograd graph, run eagerly (no recompilation); train/eval mode and any
+        autocast context are the caller's.
+        """
+        with eager():
+            return per_sample_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+
     def on_after_backward(self) -> None:
         if not self._window_complete:
             return
@@ -268,7 +280,7 @@ class SFTModule(L.LightningModule):
         Lightning then refuses gradient clipping (the default config clips at 1.0 under ``16-mixed``). Only on
         single-device and DDP strategies, whose gradients are whole and already reduced when
         ``configure_gradient_clipping`` clips them; sharded strategies keep Lightning's own clipping."""
-        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+        if active_scaler(self.trainer.precision_plugin) is not None:  # the rule GradientHealth uses too
             return False
         strategy = self.trainer.strategy
         if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) or isinstance(strategy, DeepSpeedStrategy):

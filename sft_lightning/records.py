@@ -10,7 +10,7 @@ import json
 import math
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
@@ -21,16 +21,26 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class QARecord:
     """A question, the answer it is scored against, and optionally the exact text to train on
-    (a worked answer); without one the target is the bare ``<answer>`` tag."""
+    (a worked answer); without one the target is the bare ``<answer>`` tag.
+
+    ``origin`` says where a record read from a file is in it (``"data/train.jsonl line 17"``), so a
+    report about a bad sample can send the user to it; None for generated records. It is left out
+    of equality and hashing: the same question and answer are the same record wherever they came from.
+    """
 
     question: str
     answer: float
     target: str | None = None
+    origin: str | None = field(default=None, compare=False)
 
 
 def load_records(path: str | Path, allow_conflicts: bool = False) -> list[QARecord]:
     """Records from a ``.json`` list of ``[question, answer]`` pairs or a ``.jsonl`` file of
     ``{"question": ..., "answer": ...}`` objects (one per line).
+
+    Each record's ``origin`` names the file (the path as given, ``~`` expanded) and the place in it:
+    ``"PATH line N"`` for .jsonl (N 1-based, the line number an editor shows; blank lines count) and
+    ``"PATH item N"`` for .json (N 1-based: the N-th element of the list).
 
     The same question twice with different answers is an error naming both records (a model
     cannot learn both, and one of them is a data bug); ``allow_conflicts`` turns it into a warning.
@@ -105,7 +115,7 @@ def _json_records(text: str, path: Path) -> Iterable[tuple[str, QARecord]]:
         where = f"{path}: record {index}"
         if not (isinstance(item, (list, tuple)) and len(item) == 2):
             raise DataError(f"{where} is not a [question, answer] pair: {_short(item)}. Fix: write it as [\"question\", number].")
-        yield where, make_record(item[0], item[1], where)
+        yield where, replace(make_record(item[0], item[1], where), origin=f"{path} item {index + 1}")
 
 
 def _jsonl_records(text: str, path: Path) -> Iterable[tuple[str, QARecord]]:
@@ -125,7 +135,7 @@ def _jsonl_records(text: str, path: Path) -> Iterable[tuple[str, QARecord]]:
                 f"{where}: missing field {', '.join(repr(m) for m in missing)}. "
                 'Fix: each line needs {"question": ..., "answer": ...}.'
             )
-        yield where, make_record(item["question"], item["answer"], where)
+        yield where, replace(make_record(item["question"], item["answer"], where), origin=f"{path} line {lineno}")
 
 
 def make_record(question: object, answer: object, where: str = "record") -> QARecord:

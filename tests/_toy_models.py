@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 VOCAB, DIM, SEQ, BATCH = 16, 8, 6, 4
-FAULTS = ("nan_loss", "inf_loss", "nan_grad", "inf_grad", "nan_param", "nan_param_via_data", "loss_spike")
+FAULTS = ("nan_loss", "inf_loss", "nan_grad", "inf_grad", "nan_param", "nan_param_via_data", "loss_spike", "nan_hidden")
 
 
 class PreBatched(Dataset):
@@ -97,6 +97,7 @@ class ToyLM(L.LightningModule):
         # "tokens": mean over supervised tokens (NaN for a batch without any); "fixed": sum / fixed count (0 then)
         self.loss_norm = loss_norm
         self.hidden.weight.register_hook(self._grad_fault)
+        self.hidden.register_forward_hook(self._forward_fault)
         # what really happened, per batch index (== global step in these single-epoch runs)
         self.before: dict[int, Tensor] = {}
         self.after: dict[int, Tensor] = {}
@@ -122,6 +123,11 @@ class ToyLM(L.LightningModule):
         if self.fault == "inf_grad":
             return torch.full_like(grad, math.inf)
         return grad
+
+    def _forward_fault(self, module: nn.Module, args: Any, output: Tensor) -> Tensor | None:
+        if self.fault == "nan_hidden" and self._faulty():
+            return output * math.nan  # the module's own output goes non-finite, from finite inputs
+        return None
 
     def forward(self, ids: Tensor) -> Tensor:
         return self.head(torch.tanh(self.hidden(self.embed(ids))))

@@ -31,7 +31,8 @@ def test_ignore_index_matches_torch_cross_entropy_default() -> None:
 
 def test_train_collator_exact_tensors() -> None:
     batch = TrainCollator(pad_token_id=PAD)(_examples())
-    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "sample_ids"}
+    assert batch["sample_ids"].tolist() == [-1, -1, -1]  # hand-built examples have no dataset index
     assert batch["input_ids"].tolist() == [
         [11, 12, 13, 21, 22, 2, PAD],
         [31, 32, 33, 34, 35, 41, 2],

@@ -47,6 +47,8 @@ SCRIPT = textwrap.dedent(
 
     if case == "nan_loss_on_rank1":
         model = ToyLM(fault="nan_loss", fault_steps=[2], fault_rank=1)
+    elif case == "nan_hidden_on_rank1":
+        model = ToyLM(fault="nan_hidden", fault_steps=[2], fault_rank=1)
     elif case == "nan_param_on_rank1":
         model = ToyLM(fault="nan_param", fault_steps=[2], fault_rank=1)
     else:  # loss_norm="fixed" keeps the empty batch's loss finite (0): rank 0 sees nothing wrong locally
@@ -65,7 +67,10 @@ SCRIPT = textwrap.dedent(
         "rank": trainer.global_rank,
         "error": error,
         "global_step": trainer.global_step,
-        "trips": [{k: t[k] for k in ("global_step", "action", "diagnosis", "flags_rank_count")} for t in cb.trips],
+        "trips": [
+            {k: t[k] for k in ("global_step", "action", "diagnosis", "flags_rank_count", "provenance", "message")}
+            for t in cb.trips
+        ],
         "weights": flat(model).tolist(),
         "losses": model.losses,
     }
@@ -135,10 +140,26 @@ def test_ddp_skip_decided_by_all_reduce_for_a_fault_only_one_rank_can_see(tmp_pa
 
 
 @pytest.mark.slow
+def test_ddp_replay_names_the_module_on_the_rank_whose_batch_went_bad(tmp_path: Path) -> None:
+    """Only rank 1's ``hidden`` output goes NaN. Both ranks stop at the same step (the decision is collective);
+    each replays its own batch with no collective (the module logs nothing, DDP's wrapper is bypassed), so rank 1
+    names the module and rank 0 finds its own batch finite, and nothing hangs."""
+    r0, r1 = run_ddp(tmp_path, "abort", "nan_hidden_on_rank1")
+    for r in (r0, r1):
+        assert r["error"] == {"global_step": 2, "diagnosis": dx.D_LOSS_NAN} and r["global_step"] == 2
+    bad, good = r1["trips"][0]["provenance"], r0["trips"][0]["provenance"]
+    assert (bad["status"], bad["module"], bad["where"], bad["inputs_finite"]) == ("forward", "hidden", "forward output", True)
+    assert "rank 1" in r1["trips"][0]["message"] and "first non-finite: hidden forward output" in r1["trips"][0]["message"]
+    assert good["status"] == "finite"
+    report = json.loads((tmp_path / "out" / "grad_health_report.rank1.json").read_text())
+    assert report["trips"][-1]["provenance"]["module"] == "hidden"
+    assert r0["weights"] == r1["weights"]
+
+
+@pytest.mark.slow
 def test_ddp_weights_broken_on_one_rank_are_diagnosed_on_both(tmp_path: Path) -> None:
-    """Rank 1's in-place write makes it measure its weights before the step while rank 0 skips that pass (its
-    weights are unchanged since the post-update check): the trip path's re-measurement is a collective, so both
-    ranks must agree to run it, or rank 0 would wait in it forever."""
+    """Rank 1's in-place write breaks its weights only; every rank measures its weights before each step, so the
+    one all-reduce carries the fact to rank 0 and both stop."""
     r0, r1 = run_ddp(tmp_path, "abort", "nan_param_on_rank1")
     for r in (r0, r1):
         assert r["error"] == {"global_step": 2, "diagnosis": dx.D_PARAMS_BEFORE}

@@ -131,6 +131,7 @@ def test_16_bit_trainable_weights_keep_torchs_default_adamw(tmp_path: Path) -> N
         ("single", None, True),
         ("ddp", None, True),
         ("ddp", "scaler", False),  # fused would unscale inside step(): Lightning's clipping would refuse it
+        ("single", "disabled", True),  # GradScaler(enabled=False) scales nothing: no scaler (GradientHealth's rule)
         ("deepspeed", None, False),  # a DDPStrategy subclass that owns the optimiser and clipping
         ("fsdp", None, False),  # sharded gradients: only FSDP's own clipping sees the whole norm
     ],
@@ -143,6 +144,8 @@ def test_fused_adamw_only_where_sftmodule_can_clip(strategy: str, scaler: Any, f
     kinds = {"single": SingleDeviceStrategy, "ddp": DDPStrategy, "deepspeed": DeepSpeedStrategy, "fsdp": FSDPStrategy}
     module = SFTModule(model="tiny-random")
     # the two things the choice reads; object.__new__ because DeepSpeed/FSDP would need their backends to init
+    if scaler == "disabled":
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
     module._trainer = SimpleNamespace(strategy=object.__new__(kinds[strategy]), precision_plugin=SimpleNamespace(scaler=scaler))
     weights = [torch.nn.Parameter(torch.zeros(2))]
     assert module._fused_adamw_ok(weights) is fused

@@ -170,7 +170,7 @@ def test_pure_fp16_is_stopped_at_the_first_bad_step(tmp_path: Path) -> None:
         err = fit(trainer, module, make_data())
     messages = [str(w.message) for w in record]
     assert any("precision='16-true' runs without a GradScaler" in m for m in messages)
-    assert any(f"trainable parameters are not fp32 ({N_LORA_TENSORS} x torch.float16)" in m for m in messages)
+    assert any(f"trainable parameters are not fp32 ({N_LORA_TENSORS} x float16)" in m for m in messages)
 
     # the update of step 0 made the LoRA weights NaN/inf (its loss and grads were finite); caught at step 1,
     # before that step's update, with the cause (the optimizer step), not the symptom (NaN loss at step 1)
