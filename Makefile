@@ -11,7 +11,7 @@ PIP := $(PY) -m pip
 CLI := $(VENV)/bin/sft-lightning
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test train baseline report test test-fast test-min lint bench learning clean
+.PHONY: setup setup-test train baseline report test test-fast test-min lint bench learning gpu-check clean
 
 setup: $(VENV)/.installed
 setup-test: $(VENV)/.installed-test
@@ -85,6 +85,14 @@ bench: setup
 LEARNING_ARGS ?=
 learning: setup
 	$(PY) -m benchmarks.learning --readme README.md $(LEARNING_ARGS)
+
+## The requested 16-mixed path on a GPU (python -m benchmarks.gpu): a short fit with sft.yaml's trainer settings,
+## GradientHealth's scaler cases on CUDA, tokens/s vs HF Trainer + peft fp16, generate + score of 1000 questions,
+## peak GPU memory -> benchmarks/results/gpu.json and the README's GPU table. Without CUDA: "no CUDA device: skipped".
+GPU_ARGS ?=
+gpu-check: setup
+	$(PIP) install --quiet -e ".[bench]"
+	$(PY) -m benchmarks.gpu --readme README.md $(GPU_ARGS)
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache

@@ -16,9 +16,11 @@ from benchmarks.common import (
     CountingCollator,
     apply_overrides,
     embedded_settings,
+    peak_gpu_mb,
     peak_rss_mb,
     process_peak_rss_mb,
     quiet,
+    reset_peak_gpu,
     reset_peak_rss,
     useful_flops,
 )
@@ -155,6 +157,7 @@ class LightningArm(_Arm):
         module = self.fresh_module()
         L.seed_everything(self.settings["seed"], verbose=False)
         reset_peak_rss()
+        reset_peak_gpu()
         trainer.fit(module, datamodule=self.data)
         peak = peak_rss_mb()
         counter = self.data.counter
@@ -291,6 +294,7 @@ class HFArm(_Arm):
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
         reset_peak_rss()
+        reset_peak_gpu()
         trainer.train()
         peak = peak_rss_mb()
         return _summarise(clock, collator, warmup, steps, self.counts, peak, None)
@@ -353,6 +357,7 @@ def _summarise(
         "useful_flops": flops,
         "useful_flops_per_s": flops / wall,
         "peak_rss_mb": peak_mb,
+        "peak_gpu_mb": peak_gpu_mb(),  # read right after the run, before anything else allocates
         # process CPU time / (wall x torch threads) over the timed steps: ~1 on a quiet machine, lower when
         # other processes take the cores (then the timings are not worth much)
         "cpu_utilisation": (clock.cpu[n - 1] - clock.cpu[warmup - 1]) / wall / torch.get_num_threads(),

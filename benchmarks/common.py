@@ -157,6 +157,23 @@ def peak_rss_mb() -> float | None:
         return None
 
 
+def reset_peak_gpu() -> None:
+    """Reset the CUDA peak-memory counter (nothing on a CPU-only machine)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gpu_mb() -> float | None:
+    """Peak CUDA memory allocated by tensors since the last :func:`reset_peak_gpu`; ``None`` without CUDA."""
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return None
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
 def process_peak_rss_mb() -> float | None:
     """Peak resident memory over the whole life of this process (``ru_maxrss``; never reset)."""
     try:

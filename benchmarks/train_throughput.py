@@ -191,6 +191,7 @@ def summarise(args, arms, setup, rounds, final, ceiling_flops, wall_s, callback_
             "fraction_of_matmul_peak": fps / ceiling_flops if ceiling_flops else None,
             "peak_rss_training_mb": max(run["peak_rss_mb"] or 0 for run in runs) or None,
             "peak_rss_process_mb": final[name]["process_peak_rss_mb"],
+            "peak_gpu_mb": max((run.get("peak_gpu_mb") or 0 for run in runs), default=0) or None,
             "cpu_utilisation_min": min(run["cpu_utilisation"] for run in runs),
         }
     ratios: dict[str, Any] = {}
