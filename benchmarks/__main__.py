@@ -3,13 +3,17 @@
     python -m benchmarks [--steps 16] [--padded-steps 6] [--warmup 2] [--repeats 3] [--callback-pairs 6]
                          [--questions 1000] [--val-repeats 1] [--adapter auto] [--readme README.md]
 
-1. ``hardware.json``: the bf16 (and fp32) matmul FLOP/s ceiling of this machine;
-2. ``train_throughput.json``: non-padding tokens/s of sft-lightning vs the HF Trainer + peft recipe (padded to
+Every file is named for the machine kind it ran on (``benchmarks.common.machine_kind``: ``cpu-amx``,
+``cpu-avx512bf16``, ``cpu``, ``cuda``), and so is the README block, so runs on different machines never overwrite
+each other:
+
+1. ``hardware-<kind>.json``: the bf16 (and fp32) matmul FLOP/s ceiling of this machine;
+2. ``train_throughput-<kind>.json``: non-padding tokens/s of sft-lightning vs the HF Trainer + peft recipe (padded to
    128, dynamic padding, dynamic with a bf16 base), paired rounds; the GradientHealth overhead (an arm without
    it, then ``--callback-pairs`` longer with/without pairs); peak memory of each arm's training runs; useful model FLOP/s as a share of the ceiling;
-3. ``validation_speed.json``: seconds to generate and score 1000 questions vs a plain ``model.generate`` loop;
-4. ``summary.json`` + ``summary.md``: the table (printed, and written into the README between the
-   ``bench-table`` markers with ``--readme``).
+3. ``validation_speed-<kind>.json``: seconds to generate and score 1000 questions vs a plain ``model.generate`` loop;
+4. ``summary-<kind>.json`` + ``summary-<kind>.md``: the table (printed, and written into the README between the
+   ``bench-table:<kind>`` markers with ``--readme``; a kind without a block gets one after the last block).
 
 The standalone, more detailed callback benchmark stays available as ``python -m benchmarks.callback_overhead``.
 """
@@ -25,9 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import hardware, train_throughput, validation_speed
-from benchmarks.common import RESULTS_DIR, machine_description, quiet, write_json
+from benchmarks.common import RESULTS_DIR, machine_description, machine_kind, quiet, write_json
 
-MARK_START, MARK_END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+BLOCK = re.compile(r"<!-- bench-table:(?P<kind>[\w.-]+):start -->.*?<!-- bench-table:(?P=kind):end -->", re.S)
+
+
+def markers(kind: str) -> tuple[str, str]:
+    return f"<!-- bench-table:{kind}:start -->", f"<!-- bench-table:{kind}:end -->"
+
 LABELS = {
     "sftl": "sft-lightning (`make train` settings)",
     "sftl_nocb": "sft-lightning without GradientHealth",
@@ -59,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet()
     wall0 = time.perf_counter()
     machine = machine_description(args.accelerator)
+    kind = machine_kind(args.accelerator)
     print(f"machine: {machine['cpu_model']} ({', '.join(machine['cpu_flags'])}), {machine['cpu_count']} cores,"
           f" torch {machine['torch']} ({machine['torch_threads']} threads), load average {machine['load_average_at_start']}", flush=True)
     results: dict[str, Any] = {}
@@ -67,23 +77,23 @@ def main(argv: list[str] | None = None) -> int:
         print("[1/3] matmul ceiling", flush=True)
         results["hardware"] = hardware.measure(args.matmul_size, 5, args.accelerator)
         results["hardware"]["machine"] = machine
-        write_json(args.results / "hardware.json", results["hardware"])
+        write_json(args.results / f"hardware-{kind}.json", results["hardware"])
         ceiling = results["hardware"]["peak_flops"]
     if "train" not in args.skip:
         print(f"[2/3] training throughput: {len(args.arms)} arms x {args.repeats} rounds", flush=True)
         results["train"] = train_throughput.measure(args, ceiling)
         results["train"]["machine"] = machine
-        write_json(args.results / "train_throughput.json", results["train"])
+        write_json(args.results / f"train_throughput-{kind}.json", results["train"])
     if "validation" not in args.skip:
         print(f"[3/3] validation speed: {args.questions} questions x {len(validation_speed.VARIANTS)} variants x {args.val_repeats} rounds", flush=True)
         results["validation"] = validation_speed.measure(args)
         results["validation"]["machine"] = machine
-        write_json(args.results / "validation_speed.json", results["validation"])
+        write_json(args.results / f"validation_speed-{kind}.json", results["validation"])
     wall = time.perf_counter() - wall0
     table = markdown_table(results, machine, wall, args)
-    summary = {"machine": machine, "wall_s": wall, "command": _command(args), "table_markdown": table, **_headline(results)}
-    write_json(args.results / "summary.json", summary)
-    (args.results / "summary.md").write_text(table + "\n")
+    summary = {"machine": machine, "machine_kind": kind, "wall_s": wall, "command": _command(args), "table_markdown": table, **_headline(results)}
+    write_json(args.results / f"summary-{kind}.json", summary)
+    (args.results / f"summary-{kind}.md").write_text(table + "\n")
     print()
     if "train" in results:
         train_throughput.print_table(results["train"])
@@ -92,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     if args.readme:
-        print(f"README table updated: {args.readme}" if update_readme(args.readme, table) else
-              f"warning: {args.readme} has no {MARK_START} ... {MARK_END} block; table not written there")
+        print(f"README table for {kind} updated: {args.readme}" if update_readme(args.readme, table, kind) else
+              f"warning: {args.readme} has no bench-table block; table not written there")
     print(f"wall {wall / 60:.1f} min; results in {args.results}/")
     return 0
 
@@ -235,12 +245,21 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
-def update_readme(path: Path, table: str) -> bool:
+def update_readme(path: Path, table: str, kind: str) -> bool:
+    """Replace this machine kind's block; without one, add it after the last block of another kind. False when
+    the README has no bench-table block at all."""
     text = path.read_text()
-    pattern = re.compile(re.escape(MARK_START) + r".*?" + re.escape(MARK_END), re.S)
-    if not pattern.search(text):
+    start, end = markers(kind)
+    block = f"{start}\n{table}\n{end}"
+    blocks = list(BLOCK.finditer(text))
+    mine = [m for m in blocks if m.group("kind") == kind]
+    if mine:
+        text = text[: mine[0].start()] + block + text[mine[0].end() :]
+    elif blocks:
+        text = text[: blocks[-1].end()] + "\n\n" + block + text[blocks[-1].end() :]
+    else:
         return False
-    path.write_text(pattern.sub(lambda _: f"{MARK_START}\n{table}\n{MARK_END}", text, count=1))
+    path.write_text(text)
     return True
 
 

@@ -41,7 +41,7 @@ import torch  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
-from benchmarks.common import embedded_settings, machine_description, machine_kind, same_batch_ratio  # noqa: E402
+from benchmarks.common import embedded_settings, machine_description, result_path, same_batch_ratio  # noqa: E402
 from callbacks import GradientHealth  # noqa: E402
 from sft_lightning.data import SFTDataModule  # noqa: E402
 from sft_lightning.module import DEFAULT_TARGET_MODULES, SFTModule  # noqa: E402
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "pairs": pairs,
         "summary": summary,
     }
-    out = Path(args.out or f"benchmarks/results/callback_overhead-{machine_kind('cpu')}.json")
+    out = Path(args.out or result_path("callback_overhead", "cpu"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 

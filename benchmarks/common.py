@@ -94,6 +94,11 @@ def machine_kind(accelerator: str = "cpu") -> str:
     return "cpu-amx" if "amx_bf16" in flags else "cpu-avx512bf16" if "avx512_bf16" in flags else "cpu"
 
 
+def result_path(name: str, accelerator: str = "cpu") -> Path:
+    """``benchmarks/results/<name>-<machine kind>.json``: results of different machines never overwrite each other."""
+    return RESULTS_DIR / f"{name}-{machine_kind(accelerator)}.json"
+
+
 def machine_description(accelerator: str = "cpu") -> dict[str, Any]:
     import lightning
     import peft

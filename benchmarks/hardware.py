@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import RESULTS_DIR, machine_description, write_json
+from benchmarks.common import machine_description, result_path, write_json
 
 
 def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype, repeats: int, device: str = "cpu", min_s: float = 0.2) -> dict[str, Any]:
@@ -81,10 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--accelerator", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / "hardware.json")
+    p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/hardware-<machine kind>.json)")
     args = p.parse_args(argv)
     result = measure(args.size, args.repeats, args.accelerator)
     result["machine"] = machine_description(args.accelerator)
+    args.out = args.out or result_path("hardware", getattr(args, "accelerator", "cpu"))
     write_json(args.out, result)
     print(f"wrote {args.out}")
     return 0

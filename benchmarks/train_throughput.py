@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.arms import ARMS, DEFAULT_ARMS, REFERENCE, worker_main
-from benchmarks.common import FLOP_FORMULA, RESULTS_DIR, machine_description, quiet, same_batch_ratio, spread, write_json
+from benchmarks.common import FLOP_FORMULA, machine_description, quiet, result_path, same_batch_ratio, spread, write_json
 
 TARGETS = {"hf_pad128": 3.0, "hf_dynamic": 1.15}
 CALLBACK_TARGET = 0.03
@@ -323,12 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     add_common_arguments(p)
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / "train_throughput.json")
+    p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/train_throughput-<machine kind>.json)")
     args = p.parse_args(argv)
     check_arguments(p, args)
     quiet()
     result = measure(args)
     result["machine"] = machine_description(args.accelerator)
+    args.out = args.out or result_path("train_throughput", getattr(args, "accelerator", "cpu"))
     write_json(args.out, result)
     print_table(result)
     print(f"wrote {args.out}")

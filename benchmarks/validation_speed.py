@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
-    RESULTS_DIR,
     ROOT,
     apply_overrides,
     embedded_settings,
@@ -38,6 +37,7 @@ from benchmarks.common import (
     peak_rss_mb,
     quiet,
     reset_peak_rss,
+    result_path,
     spread,
     write_json,
 )
@@ -314,11 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     add_common_arguments(p)
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / "validation_speed.json")
+    p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/validation_speed-<machine kind>.json)")
     args = p.parse_args(argv)
     quiet()
     result = measure(args)
     result["machine"] = machine_description(args.accelerator)
+    args.out = args.out or result_path("validation_speed", getattr(args, "accelerator", "cpu"))
     write_json(args.out, result)
     print_table(result)
     print(f"wrote {args.out}")

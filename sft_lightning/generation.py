@@ -1,8 +1,8 @@
 """Batched greedy decoding with a KV cache, for validation and answering questions.
 
-Our own ~30 lines instead of ``model.generate`` so the loop is readable and does only what
-scoring needs: left-padded prompts, argmax, and a stop as soon as every row has emitted EOS
-(short answers finish in ~10 tokens; decoding to max_new_tokens would waste most of the time).
+Our own loop instead of ``model.generate`` so it is readable and does only what scoring needs:
+left-padded prompts, argmax, and rows that leave the batch as soon as they emit EOS (answers
+differ in length; decoding every row to the batch's longest would waste most of the time).
 """
 
 from __future__ import annotations
@@ -31,8 +31,13 @@ def greedy_generate(
     ``input_ids`` must be LEFT-padded: the next token of every row is then at the last column.
     Position ids come from the attention mask, so padding does not shift a row's positions.
     ``forced``, given the tokens a row has generated so far, may return tokens to write next in
-    place of the model's own (``sft_lightning.calculator``); they go through the model like any
-    other token, so the cache stays consistent.
+    place of the model's own (``sft_lightning.calculator``). Forced tokens that end with EOS are
+    the row's whole remaining output: they are written at once and the row stops there, since no
+    later step could change them; other forced tokens go through the model one per step, so the
+    cache stays consistent.
+
+    Rows leave the batch as soon as they finish (their KV cache rows are dropped), so a batch
+    costs the sum of its rows' lengths, not its longest row's length times the batch size.
     """
     body, head = causal_lm_parts(model)
     cache_arg = _cache_argument(body)
@@ -46,33 +51,69 @@ def greedy_generate(
         **{cache_arg: DynamicCache()},
     )
     next_position = position_ids[:, -1:] + 1
-    finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-    new_tokens: list[Tensor] = []
-    pending: list[list[int]] = [[] for _ in range(batch)]  # forced tokens still to write, per row
-    history: list[list[int]] = [[] for _ in range(batch)]  # tokens generated so far, per row (for ``forced``)
+    rows = list(range(batch))  # the original row of each row still generating
+    generated: list[list[int]] = [[] for _ in range(batch)]  # per original row
+    pending: list[list[int]] = [[] for _ in range(batch)]  # forced tokens still to write, per original row
     for _ in range(max_new_tokens):
         token = next_token(head, out.last_hidden_state)
         if forced is not None:
-            token = _apply_forced(token, pending)
-        token = torch.where(finished, torch.full_like(token, eos_token_id), token)
-        new_tokens.append(token)
-        if forced is not None:
-            _queue_forced(forced, token, finished | (token == eos_token_id), history, pending)
-        finished |= token == eos_token_id
-        if bool(finished.all()):
+            token = _apply_forced(token, [pending[r] for r in rows])
+        keep = _record_step(token.tolist(), rows, generated, pending, eos_token_id, forced)  # the step's one host copy
+        if not keep:
             break
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
+        cache = getattr(out, cache_arg)
+        if len(keep) < len(rows):  # drop the finished rows from everything the next step reads
+            index = torch.tensor(keep, device=token.device)
+            cache.batch_select_indices(index)
+            token, attention_mask, next_position = token[index], attention_mask[index], next_position[index]
+            rows = [rows[i] for i in keep]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
         out = body(
             input_ids=token[:, None],
             attention_mask=attention_mask,
             position_ids=next_position,
             use_cache=True,
-            **{cache_arg: getattr(out, cache_arg)},
+            **{cache_arg: cache},
         )
         next_position = next_position + 1
-    if not new_tokens:
-        return input_ids.new_empty((batch, 0))
-    return torch.stack(new_tokens, dim=1)
+    return _eos_padded(generated, max_new_tokens, eos_token_id, input_ids)
+
+
+def _record_step(
+    tokens: list[int],
+    rows: list[int],
+    generated: list[list[int]],
+    pending: list[list[int]],
+    eos_token_id: int,
+    forced: Callable[[list[int]], list[int] | None] | None,
+) -> list[int]:
+    """Append this step's token to each active row (and a known ending, if ``forced`` gives one); return the
+    positions, among the active rows, of those that go on."""
+    keep = []
+    for i, (row, tok) in enumerate(zip(rows, tokens)):
+        generated[row].append(tok)
+        done = tok == eos_token_id
+        if not done and forced is not None and not pending[row]:
+            more = forced(generated[row])
+            if more and more[-1] == eos_token_id:
+                generated[row].extend(more)  # the row's whole remaining output: no step can change it
+                done = True
+            elif more:
+                pending[row].extend(more)
+        if not done:
+            keep.append(i)
+    return keep
+
+
+def _eos_padded(generated: list[list[int]], limit: int, eos_token_id: int, like: Tensor) -> Tensor:
+    """Rows cut to ``limit`` tokens and EOS-padded to the longest: the (batch, steps) tensor callers decode."""
+    rows = [tokens[:limit] for tokens in generated]
+    width = max((len(tokens) for tokens in rows), default=0)
+    out = like.new_full((len(rows), width), eos_token_id)
+    for i, tokens in enumerate(rows):
+        if tokens:
+            out[i, : len(tokens)] = torch.tensor(tokens, dtype=out.dtype)
+    return out
 
 
 def _apply_forced(token: Tensor, pending: list[list[int]]) -> Tensor:
@@ -84,19 +125,6 @@ def _apply_forced(token: Tensor, pending: list[list[int]]) -> Tensor:
     for row in rows:
         token[row] = pending[row].pop(0)
     return token
-
-
-def _queue_forced(
-    forced: Callable[[list[int]], list[int] | None], token: Tensor, done: Tensor, history: list[list[int]], pending: list[list[int]]
-) -> None:
-    """Append this step's tokens to ``history`` (one device-to-host copy per step, not one per row), then
-    ask ``forced`` about every row still generating on its own and queue what it returns."""
-    for row, (tok, row_done) in enumerate(zip(token.tolist(), done.tolist())):
-        history[row].append(tok)
-        if not pending[row] and not row_done:
-            tokens = forced(history[row])
-            if tokens:
-                pending[row].extend(tokens)
 
 
 def _cache_argument(body: nn.Module) -> str:
@@ -112,4 +140,4 @@ def next_token(head: nn.Module, hidden: Tensor) -> Tensor:
     slice, and for such an input ``torch.matmul`` expands the 576 x 49152 head weight to every
     row and copies it (1.4 G elements for a batch of 50): 3 of the 5 s of a validation batch.
     """
-    return head(hidden[:, -1].contiguous()).argmax(dim=-1)
+    return head(hidden[:, -1].contiguous()).max(dim=-1).indices

@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # not `slow` by this suite's definition, and it keeps `make bench` from rotting between benchmark runs.
 def test_harness_runs_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
-    readme.write_text("# x\n\n<!-- bench-table:start -->\nold table\n<!-- bench-table:end -->\n\nafter\n")
+    from benchmarks.common import machine_kind
+
+    kind = machine_kind("cpu")
+    readme.write_text(f"# x\n\n<!-- bench-table:{kind}:start -->\nold table\n<!-- bench-table:{kind}:end -->\n\nafter\n")
     results = tmp_path / "results"
     command = [
         sys.executable, "-m", "benchmarks",
@@ -33,8 +36,8 @@ def test_harness_runs_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     for name in ("hardware", "train_throughput", "validation_speed", "summary"):
-        assert (results / f"{name}.json").is_file(), name
-    train = json.loads((results / "train_throughput.json").read_text())
+        assert (results / f"{name}-{kind}.json").is_file(), name  # one file per machine kind
+    train = json.loads((results / f"train_throughput-{kind}.json").read_text())
     assert set(train["arms"]) == {"sftl", "sftl_nocb", "hf_pad128", "hf_dynamic", "hf_dynamic_bf16"}
     for arm in train["arms"].values():
         assert arm["tokens_per_s"]["median"] > 0 and arm["peak_rss_training_mb"] > 0
@@ -49,7 +52,7 @@ def test_harness_runs_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     assert len(train["rounds"][0]["runs"]["sftl"]["step_s"]) == train["config"]["steps"]
     assert train["machine"]["cpu_count"] >= 1
 
-    validation = json.loads((results / "validation_speed.json").read_text())
+    validation = json.loads((results / f"validation_speed-{kind}.json").read_text())
     assert validation["config"]["questions"] == 8
     assert set(validation["seconds"]) == {"sftl_validate", "sftl_generate", "hf_generate", "sftl_generate_unmerged"}
     assert validation["prediction_agreement_merged_vs_unmerged"] > 0
@@ -81,15 +84,19 @@ def test_embedded_settings_follow_the_cli_config() -> None:
     assert any(spec["class_path"].endswith("GradientHealth") for spec in settings["callbacks"])
 
 
-@pytest.mark.parametrize("has_markers", [True, False])
-def test_readme_block_is_replaced_only_between_markers(tmp_path: Path, has_markers: bool) -> None:
-    from benchmarks.__main__ import MARK_END, MARK_START, update_readme
+def test_readme_keeps_one_block_per_machine_kind(tmp_path: Path) -> None:
+    from benchmarks.__main__ import markers, update_readme
 
+    amx, zen = markers("cpu-amx"), markers("cpu-avx512bf16")
     readme = tmp_path / "README.md"
-    original = f"a\n{MARK_START}\nold\n{MARK_END}\nb\n" if has_markers else "a\nb\n"
-    readme.write_text(original)
-    assert update_readme(readme, "| new |") is has_markers
-    assert readme.read_text() == (f"a\n{MARK_START}\n| new |\n{MARK_END}\nb\n" if has_markers else original)
+    readme.write_text(f"a\n{amx[0]}\nintel\n{amx[1]}\nb\n")
+    assert update_readme(readme, "| amd |", "cpu-avx512bf16")  # a new kind: added after the last block
+    assert readme.read_text() == f"a\n{amx[0]}\nintel\n{amx[1]}\n\n{zen[0]}\n| amd |\n{zen[1]}\nb\n"
+    assert update_readme(readme, "| amd 2 |", "cpu-avx512bf16")  # the same kind: replaced, the other kept
+    assert readme.read_text() == f"a\n{amx[0]}\nintel\n{amx[1]}\n\n{zen[0]}\n| amd 2 |\n{zen[1]}\nb\n"
+    bare = tmp_path / "BARE.md"
+    bare.write_text("a\nb\n")
+    assert not update_readme(bare, "| x |", "cuda") and bare.read_text() == "a\nb\n"
 
 
 def test_same_batch_ratio_pairs_step_j_with_step_j() -> None:

@@ -73,3 +73,27 @@ def test_forced_tokens_replace_the_models_and_end_the_row() -> None:
     assert torch.equal(forced[:, :2], plain[:, :2])  # the model's own tokens until the hook speaks
     assert forced[:, 2:5].tolist() == [[seven, eight, tok.eos_token_id]] * 2
     assert forced.shape[1] == 5  # every row ended with the forced EOS
+
+
+def test_a_forced_ending_is_written_at_once_and_costs_no_decoding_step() -> None:
+    """Forced tokens that end with EOS are the row's whole remaining output: the model is not run on them."""
+    torch.manual_seed(0)
+    model = build_tiny_llama(seed=0).eval()
+    tok = build_char_tokenizer()
+    ids = tok(["\nHow many m in 1 km?\n", "\nhi\n"], add_special_tokens=False, padding=True, return_tensors="pt", padding_side="left")
+    seven = tok.convert_tokens_to_ids("7")
+    calls: list[int] = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, output: calls.append(output.shape[0]))
+
+    def end_after_two(generated: list[int]) -> list[int] | None:
+        return [seven, seven, seven, tok.eos_token_id] if len(generated) == 2 else None
+
+    try:
+        out = greedy_generate(model, ids["input_ids"], ids["attention_mask"], 8, tok.eos_token_id, forced=end_after_two)
+    finally:
+        hook.remove()
+    assert out[:, 2:].tolist() == [[seven, seven, seven, tok.eos_token_id]] * 2
+    assert calls == [2, 2]  # two decoding steps, then both rows were complete
+
+    cut = greedy_generate(model, ids["input_ids"], ids["attention_mask"], 4, tok.eos_token_id, forced=end_after_two)
+    assert cut[:, 2:].tolist() == [[seven, seven]] * 2  # max_new_tokens still bounds the output

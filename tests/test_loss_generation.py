@@ -330,13 +330,17 @@ def test_greedy_stops_when_every_row_has_emitted_eos(diverse_model, tokenizer) -
     # generation must stop right after step 3, and row 0 must be EOS-padded after step 1.
     eos_step = {0: 1, 1: 3}
     calls = []
+    rows_seen = []
 
     def force_eos(module, args, output):
         step = len(calls)
         calls.append(step)
+        rows_seen.append(output.shape[0])
+        active = [0, 1] if output.shape[0] == 2 else [1]  # a finished row leaves the batch
         for row, at in eos_step.items():
             if step == at:
-                output[row, eos] = output[row].max() + 1e3  # the head sees (batch, hidden): last position only
+                i = active.index(row)
+                output[i, eos] = output[i].max() + 1e3  # the head sees (batch, hidden): last position only
         return output
 
     ids, mask = _left_pad(prompts, pad)
@@ -347,6 +351,7 @@ def test_greedy_stops_when_every_row_has_emitted_eos(diverse_model, tokenizer) -
         hook.remove()
     assert out.shape == (2, 4) and out.shape[1] < MAX_NEW
     assert len(calls) == 4  # no decoding step after the last row finished
+    assert rows_seen == [2, 2, 1, 1]  # row 0 left the batch once it had emitted EOS
     assert out[0].tolist() == free[0][:1] + [eos, eos, eos]
     assert out[1].tolist() == free[1][:3] + [eos]
 
