@@ -200,7 +200,7 @@ def markdown_table(results: dict[str, Any], machine: dict[str, Any], wall: float
         lines.append(
             f"\nGenerate + score, sft-lightning / plain loop: {r['median']:.2f} (min {r['min']:.2f}, max {r['max']:.2f});"
             f" target {v['target']}: {_pass(v['meets_target'])}. Predictions identical on"
-            f" {v['prediction_agreement'] * 100:.0f}% of the questions (bf16: batches padded differently round differently)."
+            f" {v['prediction_agreement'] * 100:.0f}% of the questions (the plain loop runs without the calculator, so it keeps the model's own arithmetic; and bf16 batches padded differently round differently)."
         )
         if "sftl_generate_unmerged" in v["seconds"]:
             u, g = v["seconds"]["sftl_generate_unmerged"]["median"], v["seconds"]["sftl_generate"]["median"]

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 
 from . import _provenance as pv
 from ._precision import active_scaler
@@ -45,7 +46,7 @@ def trace(
             found = pv.replay(
                 pl_module,
                 recorded,
-                training_step=pl_module.training_step,
+                training_step=training_step_of(pl_module),
                 precision_context=trainer.precision_plugin.train_step_context,
                 loss_multiplier=multiplier,
                 batch_size=batch_size,
@@ -58,6 +59,14 @@ def trace(
         return pv.Provenance(pv.UNAVAILABLE, detail="no replay: the step's batch was not seen by on_train_batch_start")
     found.samples = samples(trainer, pl_module, recorded, found, sample_id_key)
     return found
+
+
+def training_step_of(pl_module: pl.LightningModule) -> Any:
+    """``training_step`` called as Lightning calls it: ``batch_idx`` only when the signature takes one."""
+    step = pl_module.training_step
+    if is_param_in_hook_signature(step, "batch_idx", min_args=2):
+        return step
+    return lambda batch, batch_idx: step(batch)
 
 
 def samples(

@@ -311,10 +311,11 @@ class SFTModule(L.LightningModule):
     @eager()
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         name = self._val_set_name(dataloader_idx)
-        if name == MAIN_VAL_SET:
-            loss_sum, n_tokens = supervised_loss_sum(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-            self.val_loss.update(loss_sum / n_tokens, weight=n_tokens)
-        texts = self.generate_texts(batch["prompt_ids"], batch["prompt_mask"])
+        with self._generation_weights():  # one LoRA merge serves the loss forward and the generation
+            if name == MAIN_VAL_SET:
+                loss_sum, n_tokens = supervised_loss_sum(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+                self.val_loss.update(loss_sum / n_tokens, weight=n_tokens)
+            texts = self.generate_texts(batch["prompt_ids"], batch["prompt_mask"])  # (nested merge: a no-op)
         preds = parse_answers(texts)
         if name not in self.val_metrics:
             self.val_metrics[name] = AnswerMetrics(self.hparams.relative_tolerance).to(self.device)
@@ -418,7 +419,8 @@ class SFTModule(L.LightningModule):
         )
 
     def _generation_weights(self) -> contextlib.AbstractContextManager:
-        """LoRA folded into the weights while generating, unless ``merge_lora_for_generation`` is off."""
+        """LoRA folded into the weights while generating (and computing the validation loss), unless
+        ``merge_lora_for_generation`` is off. Nested uses are no-ops: the outer one has merged already."""
         return merged_lora_weights(self.model) if self.hparams.merge_lora_for_generation else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ checkpoint/export

@@ -50,6 +50,14 @@ def lm_loader(n_batches: int = 8, empty_at: Iterable[int] = (), seed: int = 0) -
     return DataLoader(PreBatched(n_batches, seed=seed, empty_at=empty_at), batch_size=None, shuffle=False)
 
 
+def fp16_scaler_plugin(**scaler_kwargs: Any) -> Any:
+    """Real fp16 autocast with a real GradScaler on CPU: Lightning turns ``precision="16-mixed"`` on CPU into bf16
+    and creates no scaler there, so the plugin is passed explicitly."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", **scaler_kwargs))
+
+
 def flat(module: nn.Module) -> Tensor:
     return torch.cat([p.detach().reshape(-1).float().clone() for p in module.parameters()])
 

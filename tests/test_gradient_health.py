@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import math
 import warnings
 from collections import Counter
@@ -20,33 +19,24 @@ from _toy_models import (
     ToyLM,
     blobs,
     flat,
+    fp16_scaler_plugin,
     lm_eval_loss,
     lm_loader,
     states_equal,
 )
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.plugins import MixedPrecision
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks import GradientHealth, NonFiniteTrainingError
 from callbacks import _diagnosis as dx
 
+pytestmark = pytest.mark.usefixtures("quiet_training")
+
 FAULT_STEP = 3
 MAX_STEPS = 8
 
 
-@pytest.fixture(autouse=True)
-def _quiet() -> None:
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("callbacks.gradient_health").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
-
-
-def fp16_scaler_plugin(**scaler_kwargs: Any) -> MixedPrecision:
-    # Lightning creates no GradScaler on CPU; pass one explicitly to exercise real fp16 loss scaling
-    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", **scaler_kwargs))
 
 
 def make_trainer(tmp_path: Path, cb: GradientHealth | None, *, scaler: bool = False, **kwargs: Any) -> L.Trainer:

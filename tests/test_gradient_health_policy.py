@@ -3,9 +3,7 @@ the review findings that need one: several optimisers rolled back together, two 
 
 from __future__ import annotations
 
-import logging
 import math
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,13 +23,9 @@ from callbacks import GradientHealth, GradientHealthConfigError, NonFiniteTraini
 from callbacks import _diagnosis as dx
 from callbacks import _preflight as pf
 
+pytestmark = pytest.mark.usefixtures("quiet_training")
 
-@pytest.fixture(autouse=True)
-def _quiet() -> None:
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("callbacks.gradient_health").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+
 
 
 # =============================================================================================== action policy

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.plugins import MixedPrecision
+from _toy_models import fp16_scaler_plugin
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -29,19 +27,14 @@ from callbacks import GradientHealth, NonFiniteTrainingError
 from callbacks import _diagnosis as dx
 from callbacks import _provenance as pv
 
+pytestmark = pytest.mark.usefixtures("quiet_training")
+
 FAULT_STEP = 2
 MAX_STEPS = 5
 BATCH, DIM = 4, 8
 BAD_ROW = 2
 
 
-@pytest.fixture(autouse=True)
-def _quiet() -> None:
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("callbacks.gradient_health").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
-    warnings.filterwarnings("ignore", message=".*GradScaler.*")
 
 
 # --------------------------------------------------------------------------------------------- the model
@@ -185,11 +178,6 @@ def _same(a: Any, b: Any) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- harness
-def fp16_plugin() -> MixedPrecision:
-    # Lightning makes 16-mixed on CPU into bf16; an explicit plugin runs real fp16 autocast with a real scaler
-    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
-
-
 def run(tmp_path: Path, model: L.LightningModule, data: Dataset, mode: str = "abort", fp16: bool = False, **kw: Any):
     cb = GradientHealth(on_nonfinite=mode, report_dir=str(tmp_path), label_key=None, **kw)
     trainer = L.Trainer(
@@ -201,7 +189,7 @@ def run(tmp_path: Path, model: L.LightningModule, data: Dataset, mode: str = "ab
         enable_model_summary=False,
         default_root_dir=str(tmp_path),
         callbacks=[cb],
-        plugins=[fp16_plugin()] if fp16 else None,
+        plugins=[fp16_scaler_plugin()] if fp16 else None,
     )
     err = None
     try:
@@ -276,6 +264,17 @@ def test_transient_fault_is_reported_as_such_and_skip_carries_on(tmp_path: Path,
     watch.assert_unchanged()
 
 
+class NoBatchIdx(Chain):
+    def training_step(self, batch: dict[str, Tensor]) -> Tensor:  # type: ignore[override]
+        return super().training_step(batch, 0)
+
+
+def test_training_step_without_batch_idx_is_replayed_as_lightning_calls_it(tmp_path: Path) -> None:
+    cb, trainer, err = run(tmp_path, NoBatchIdx("backward_nan"), Batches())
+    p = report(tmp_path)["provenance"]
+    assert err is not None and (p["status"], p["module"]) == ("backward", "encoder.2")
+
+
 def test_replay_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     watch = StateWatch()
     watch.install(monkeypatch)
@@ -324,7 +323,7 @@ def test_sft_module_overflow_names_the_projection_and_the_records(tmp_path: Path
     cb = GradientHealth(report_dir=str(tmp_path))
     trainer = L.Trainer(
         accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, plugins=[fp16_plugin()],
+        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, plugins=[fp16_scaler_plugin()],
         default_root_dir=str(tmp_path),
         callbacks=[Grow(), cb],
     )

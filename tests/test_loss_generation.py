@@ -18,17 +18,12 @@ from sft_lightning.loss import causal_lm_parts, supervised_loss_sum
 from sft_lightning.prompt import format_answer, format_prompt
 from sft_lightning.tiny_model import build_char_tokenizer, build_tiny_llama
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 QUESTIONS = ["How many metres are in 3 miles?", "Convert 5 kg to lb", "hi"]
 MAX_NEW = 24
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The model is tiny: with a busy machine, intra-op threads cost 40x more than they save.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

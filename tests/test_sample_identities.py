@@ -21,14 +21,9 @@ from sft_lightning.prompt import format_answer, format_prompt
 from sft_lightning.records import QARecord, load_records
 from sft_lightning.tiny_model import build_char_tokenizer, build_tiny_llama
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The model is tiny: on a busy machine, intra-op threads cost more than they save.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+
 
 
 def datamodule(**kwargs) -> SFTDataModule:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import math
 import warnings
 from collections.abc import Iterator
@@ -35,6 +34,8 @@ from sft_lightning.batching import IGNORE_INDEX
 from sft_lightning.data import SFTDataModule
 from sft_lightning.module import SFTModule
 
+pytestmark = pytest.mark.usefixtures("quiet_training")
+
 MAX_STEPS = 6  # every run is given the same budget; 64 examples / batch 8 = 8 batches, one epoch
 MASKED_BATCH = 3  # case b: the batch (== global step here) whose labels are all -100
 SEED = 0
@@ -51,6 +52,7 @@ PROJECTIONS = (
     "mlp.up_proj",
     "mlp.down_proj",
 )
+
 # parameter order as GradientHealth reports it (the optimiser's order = named_parameters order)
 LORA_NAMES = [
     f"model.base_model.model.model.layers.{layer}.{proj}.lora_{ab}.default.weight"
@@ -60,12 +62,6 @@ LORA_NAMES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _quiet() -> None:
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("callbacks.gradient_health").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
