@@ -166,6 +166,8 @@ def replay(
             if params and loss.requires_grad:
                 torch.autograd.grad(loss * loss_multiplier, params, allow_unused=True)
             found = tracer.backward_finding
+    if tracer.unhooked and found is not None:
+        found.detail = (found.detail + "; " if found.detail else "") + f"not hooked (TorchScript): {', '.join(tracer.unhooked[:5])}"
     if found is None:
         found = Provenance(
             FINITE,
@@ -266,13 +268,18 @@ class _Tracer:
         self._roles: dict[int, tuple[Tensor, list[tuple[str, str]]]] = {}
         self._finite_output_grads: set[str] = set()
         self._recomputing = False
+        self.unhooked: list[str] = []
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
         try:
             for name, sub in self.root.named_modules():
                 label = name or self.root_name
-                self._handles.append(sub.register_forward_hook(partial(self._on_forward, label), with_kwargs=True))
+                try:
+                    self._handles.append(sub.register_forward_hook(partial(self._on_forward, label), with_kwargs=True))
+                except RuntimeError:  # TorchScript modules take no hooks: traced around, not into
+                    self.unhooked.append(label)
+                    continue
                 for pname, param in sub.named_parameters(recurse=False):
                     if param.requires_grad:
                         qualified = f"{name}.{pname}" if name else pname

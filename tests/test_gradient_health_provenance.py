@@ -275,6 +275,15 @@ def test_training_step_without_batch_idx_is_replayed_as_lightning_calls_it(tmp_p
     assert err is not None and (p["status"], p["module"]) == ("backward", "encoder.2")
 
 
+def test_torchscript_submodules_are_traced_around(tmp_path: Path) -> None:
+    model = Chain("backward_nan")
+    model.encoder[0] = torch.jit.script(model.encoder[0])  # takes no forward hooks
+    cb, trainer, err = run(tmp_path, model, Batches())
+    p = report(tmp_path)["provenance"]
+    assert err is not None and (p["status"], p["module"]) == ("backward", "encoder.2")
+    assert "not hooked (TorchScript): encoder.0" in p["detail"]
+
+
 def test_replay_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     watch = StateWatch()
     watch.install(monkeypatch)
