@@ -4,7 +4,7 @@
                          [--questions 1000] [--val-repeats 1] [--adapter auto] [--readme README.md]
 
 Every file is named for the machine kind it ran on (``benchmarks.common.machine_kind``: ``cpu-amx``,
-``cpu-avx512bf16``, ``cpu``, ``cuda``), and so is the README block, so runs on different machines never overwrite
+``cpu-avx512bf16``, ``cpu-avx2``, ``cpu``, ``cuda``), and so is the README block, so runs on different machines never overwrite
 each other:
 
 1. ``hardware-<kind>.json``: the bf16 (and fp32) matmul FLOP/s ceiling of this machine;

@@ -28,8 +28,8 @@ from benchmarks.common import (
 ARMS: dict[str, str] = {
     "sftl": "sft-lightning as `make train` runs it (bf16-mixed, bf16 base, length-grouped dynamic padding, GradientHealth)",
     "sftl_nocb": "sft-lightning without the GradientHealth callback",
-    "hf_pad128": "HF Trainer + peft, padded to 128 tokens (fp32 base, bf16=True)",
-    "hf_dynamic": "HF Trainer + peft, DataCollatorForSeq2Seq dynamic padding (fp32 base, bf16=True)",
+    "hf_pad128": "HF Trainer + peft, padded to 128 tokens (fp32 base, the autocast sft-lightning runs: bf16=True or none)",
+    "hf_dynamic": "HF Trainer + peft, DataCollatorForSeq2Seq dynamic padding (fp32 base, the autocast sft-lightning runs)",
     "hf_dynamic_bf16": "HF Trainer + peft, dynamic padding, base stored in bf16 like sft-lightning",
 }
 DEFAULT_ARMS = ["sftl", "sftl_nocb", "hf_pad128", "hf_dynamic", "hf_dynamic_bf16"]
@@ -197,6 +197,7 @@ class HFArm(_Arm):
         from peft import LoraConfig, get_peft_model
 
         from benchmarks.common import parameter_counts
+        from sft_lightning.compile import top_layers
         from sft_lightning.models import load_model, load_tokenizer
         from sft_lightning.module import DEFAULT_TARGET_MODULES
 
@@ -213,6 +214,8 @@ class HFArm(_Arm):
             lora_alpha=hp.get("lora_alpha", 32),
             lora_dropout=hp.get("lora_dropout", 0.05),
             target_modules=list(hp.get("target_modules") or DEFAULT_TARGET_MODULES),
+            # the same adapter shape as sft-lightning's (model.lora_layers), so the arms compare trainers
+            layers_to_transform=top_layers(base, hp.get("lora_layers")),
             task_type="CAUSAL_LM",
         )
         self.peft = get_peft_model(base, config)
@@ -240,13 +243,14 @@ class HFArm(_Arm):
             "load_s": self.load_s,
             "parameters": self.counts,
             "base_dtype": str(next(p.dtype for p in self.peft.parameters() if not p.requires_grad)),
-            "precision": "bf16=True (autocast)" if self._mixed() == "bf16" else "fp16=True (autocast + GradScaler)",
+            "precision": {"bf16": "bf16=True (autocast)", "fp16": "fp16=True (autocast + GradScaler)", "fp32": "fp32"}[self._mixed()],
             "collator": "default_data_collator (pre-padded to 128)" if self.name == "hf_pad128" else "DataCollatorForSeq2Seq",
         }
 
     def _mixed(self) -> str:
+        """The recipe's autocast for the trainer precision sft-lightning runs: bf16, fp16 or none (fp32)."""
         precision = str(self.settings["trainer"].get("precision", "bf16-mixed"))
-        return "fp16" if precision.startswith("16") else "bf16"
+        return "fp16" if precision.startswith("16") else "bf16" if precision.startswith("bf16") else "fp32"
 
     def run(self, variant: str, warmup: int, steps: int, workdir: Path, extra_callbacks: tuple = ()) -> dict[str, Any]:
         from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments, default_data_collator

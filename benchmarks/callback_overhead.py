@@ -163,15 +163,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="steps dropped at the start of every run (default 3)")
     p.add_argument("--pairs", type=int, default=5, help="with/without pairs, alternating order (default 5)")
     p.add_argument("--model", default="embedded", help="model name as SFTModule takes it (default embedded)")
-    p.add_argument("--precision", default="bf16-mixed", help="Trainer precision (default bf16-mixed, as embedded.yaml)")
+    p.add_argument("--precision", default=None, help="Trainer precision (default: the machine's, as embedded.yaml runs it)")
     p.add_argument("--batch-size", type=int, default=16, help="training batch size (default 16, as embedded.yaml)")
     p.add_argument(
         "--out",
         default=None,
         help="JSON results path (default benchmarks/results/callback_overhead-<kind>.json, kind as machine_kind: "
-        "cpu-amx, cpu-avx512bf16, cuda, ...: one file per machine kind)",
+        "cpu-amx, cpu-avx512bf16, cpu-avx2, cuda, ...: one file per machine kind)",
     )
     args = p.parse_args(argv)
+    args.precision = args.precision or _SETTINGS["trainer"]["precision"]
     if args.steps < 1 or args.pairs < 1 or args.warmup < 0 or args.batch_size < 1:
         p.error("--steps, --pairs and --batch-size must be >= 1, --warmup >= 0")
     return args

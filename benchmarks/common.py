@@ -35,6 +35,14 @@ def embedded_settings(path: Path = EMBEDDED_CONFIG) -> dict[str, Any]:
         data.setdefault("cache_dir", model["cache_dir"])
     trainer = dict(config.get("trainer", {}))
     callbacks = trainer.pop("callbacks", []) or []
+    if trainer.get("precision") is None:  # the machine's, as the CLI chooses it (sft_lightning.precision)
+        from sft_lightning.precision import machine_precision
+
+        trainer["precision"] = machine_precision(str(trainer.get("accelerator") or "auto")).precision
+    if model.get("base_dtype", "auto") == "auto":  # modules built without a Trainer cannot resolve "auto"
+        from sft_lightning.precision import base_dtype_for
+
+        model["base_dtype"] = base_dtype_for(trainer["precision"])
     return {"model": model, "data": data, "trainer": trainer, "callbacks": callbacks, "seed": config.get("seed_everything", 0)}
 
 
@@ -83,15 +91,25 @@ def cpu_flags_of_interest() -> list[str]:
 
 
 def machine_kind(accelerator: str = "cpu") -> str:
-    """A short name for results that differ by machine: ``cpu-amx``, ``cpu-avx512bf16``, ``cpu``, ``cuda``.
+    """A short name for results that differ by machine: ``cpu-amx``, ``cpu-avx512bf16``, ``cpu-avx2``, ``cpu``,
+    ``cuda``.
 
-    The two CPUs this project meets differ 2.3x per step (AMX against AVX512-BF16 only), so
-    their results are kept apart instead of one overwriting the other.
+    The CPUs this project meets differ several-fold per step (AMX, AVX512-BF16, and AVX2 without native
+    bf16, where training runs in fp32), so their results are kept apart instead of one overwriting another.
+    The kind is what torch computes with: oneDNN's bf16 support and ATen's vector ISA, which honour
+    ``ONEDNN_MAX_CPU_ISA`` and ``ATEN_CPU_CAPABILITY`` (an AVX2 CPU can be emulated on a newer one).
     """
     if accelerator == "cuda":
         return "cuda"
-    flags = set(cpu_flags_of_interest())
-    return "cpu-amx" if "amx_bf16" in flags else "cpu-avx512bf16" if "avx512_bf16" in flags else "cpu"
+    from sft_lightning.precision import cpu_flags, cpu_kind, probe_cpu
+
+    return cpu_kind(probe_cpu(), cpu_flags())
+
+
+def emulated_isa() -> dict[str, str]:
+    """The environment variables that limit the instruction sets torch uses (recorded with every result)."""
+    names = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+    return {name: os.environ[name] for name in names if name in os.environ}
 
 
 def result_path(name: str, accelerator: str = "cpu") -> Path:
@@ -110,6 +128,7 @@ def machine_description(accelerator: str = "cpu") -> dict[str, Any]:
         "python": platform.python_version(),
         "cpu_model": cpu_model(),
         "cpu_flags": cpu_flags_of_interest(),
+        "isa_limits": emulated_isa(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": affinity,
         "memory_gb": _total_memory_gb(),

@@ -9,8 +9,10 @@ model. The model is the same ``SFTModule`` that trained (so prompt formatting, L
 - a ``.ckpt``: only LoRA tensors + hyper-parameters, so the base is rebuilt from the hparams;
 - a run directory: its ``adapter/`` if the fit finished, else ``checkpoints/last.ckpt``.
 
-Answers are generated under the run's autocast precision when its ``config.yaml`` is known,
-so ``ask`` gives what ``validate`` and ``predict`` would.
+Answers are generated under the run's autocast precision when its ``config.yaml`` is known and
+this machine computes it natively, so ``ask`` gives what ``validate`` and ``predict`` would; on a
+CPU without native bf16 a bf16 run is answered in fp32 (``answer_precision``), as every command
+there runs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from sft_lightning.checkpoint_io import read_checkpoint
 from sft_lightning.models import ModelLoadError
 from sft_lightning.module import SFTModule
+from sft_lightning.precision import base_dtype_for, choose_precision, probe_cpu, slow_precision_warning
 from sft_lightning.predict import Prediction, left_pad, make_predictions
 from sft_lightning.prompt import format_prompt
 from sft_lightning.records import DataError
@@ -82,8 +85,10 @@ def load_trained(
     cache_dir: str | None = None,
     max_new_tokens: int | None = None,
     device: str = "cpu",
+    precision: str | None = None,
 ) -> SFTModule:
-    """The trained SFTModule in eval mode on ``device``; ``model``/``cache_dir`` override the base."""
+    """The trained SFTModule in eval mode on ``device``; ``model``/``cache_dir`` override the base; the
+    frozen base's dtype follows ``precision`` (the one answers are generated under), as in training."""
     if source.kind == "checkpoint":
         checkpoint = _read_checkpoint(source.path)
         hparams = _module_kwargs(checkpoint["hyper_parameters"])
@@ -97,6 +102,8 @@ def load_trained(
         hparams["cache_dir"] = cache_dir
     if max_new_tokens is not None:
         hparams["max_new_tokens"] = max_new_tokens
+    if hparams.get("base_dtype", "auto") in ("auto", "bfloat16", "float32"):
+        hparams["base_dtype"] = base_dtype_for(precision)
     if not hparams.get("model"):
         raise ModelLoadError(
             f"cannot tell which base model {source.path} was trained on (no run config.yaml beside it and no "
@@ -118,6 +125,20 @@ def run_precision(source: TrainedSource) -> str | None:
     config = read_run_config(source.run_dir) or {}
     precision = (config.get("trainer") or {}).get("precision")
     return None if precision is None else str(precision)
+
+
+def answer_precision(trained_with: str | None, device: str) -> tuple[str | None, str | None]:
+    """The precision to answer under, and a note when it differs from the run's: the run's precision, unless
+    this machine would run it much slower (bf16 on a CPU without native bf16), then the machine's own."""
+    device_type = torch.device(device).type
+    if device_type != "cpu" or trained_with is None:
+        return trained_with, None
+    facts = probe_cpu()
+    if slow_precision_warning(trained_with, "cpu", facts) is None:
+        return trained_with, None
+    choice = choose_precision("cpu", facts)
+    note = f"the run trained under {trained_with}; answering under {choice.precision} ({choice.reason})"
+    return choice.precision, note
 
 
 @contextlib.contextmanager

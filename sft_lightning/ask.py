@@ -15,7 +15,7 @@ from typing import TextIO
 
 import torch
 
-from sft_lightning.answering import answer_questions, find_trained, load_trained, run_precision
+from sft_lightning.answering import answer_precision, answer_questions, find_trained, load_trained, run_precision
 from sft_lightning.predict import Prediction
 from sft_lightning.records import DataError
 
@@ -51,8 +51,11 @@ def main(argv: Sequence[str], stream: TextIO | None = None) -> None:
     kind, path = next((k, p) for k, p in (("adapter", args.adapter), ("checkpoint", args.checkpoint), ("run", args.run)) if p)
     source = find_trained(path, kind)
     print(f"[sft-lightning] answering with the {source.kind} {source.path}", file=sys.stderr, flush=True)
-    module = load_trained(source, args.model, args.cache_dir, args.max_new_tokens, args.device)
-    rows = answer_questions(module, questions, precision=run_precision(source))
+    precision, note = answer_precision(run_precision(source), args.device)
+    if note:
+        print(f"[sft-lightning] {note}", file=sys.stderr, flush=True)
+    module = load_trained(source, args.model, args.cache_dir, args.max_new_tokens, args.device, precision)
+    rows = answer_questions(module, questions, precision=precision)
     print_answers(rows, stream or sys.stdout)
 
 

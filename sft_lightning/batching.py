@@ -157,6 +157,14 @@ class ResumableDataLoader(DataLoader):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
 
+    def position(self) -> dict[str, int]:
+        """What a checkpoint saved now would hold, a resume not yet started included (``PromptStop``)."""
+        return dict(self._resume) if self._resume is not None else self.state_dict()
+
+    def load_position(self, position: dict[str, int]) -> None:
+        """Go back to ``position`` (from ``position()``): the batches fetched since were not trained on."""
+        self._epoch, self._yielded = int(position["epoch"]), int(position["batches"])
+
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         return self._iterate()
 

@@ -9,9 +9,10 @@ a slower one fewer, and both finish their decay when the time is up.
 The clock starts when the callback is created (for the CLI: right after the config is parsed),
 so everything the command does counts: building the data, loading the model, compilation,
 training, validation and export. What the plan reserves:
-- the final validation, estimated before the first step by the module's
-  ``estimate_validation_seconds()`` (``SFTModule`` times one real generation batch) or, for other
-  modules, from validations measured in this run, else ``validation_share`` of the budget;
+- the final validation, at most ``validation_max_share`` of the budget: estimated before the first
+  step by the module's ``estimate_validation_seconds(max_seconds)`` (``SFTModule`` times a few small
+  generation batches and cuts its generated validation sets to fit) or, for other modules, from
+  validations measured in this run, else ``validation_share`` of the budget;
 - ``end_seconds`` for the export and the last checkpoint.
 The schedule's clock (``progress``) starts after the first optimizer step, so one-off work in it
 (``torch.compile``) neither eats the warm-up nor counts as schedule time. Validations during
@@ -23,6 +24,7 @@ saved in the checkpoint (``state_dict``), and a resumed run gets what is left.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -54,6 +56,8 @@ class TimeBudget(Callback):
         validation_safety: factor on the estimated validation time (estimates are from one batch).
         validation_share: share of the budget reserved for the final validation when nothing can
             estimate it (a module without ``estimate_validation_seconds`` and no validation yet).
+        validation_max_share: the most of the budget the final validation may take; a module whose
+            ``estimate_validation_seconds`` takes ``max_seconds`` validates on fewer questions to fit.
         clock: a monotonic clock in seconds (tests pass a fake one).
     """
 
@@ -63,6 +67,7 @@ class TimeBudget(Callback):
         end_seconds: float = 10.0,
         validation_safety: float = 1.1,
         validation_share: float = 0.1,
+        validation_max_share: float = 0.15,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         for ok, key, value, allowed in (
@@ -70,6 +75,7 @@ class TimeBudget(Callback):
             (finite(end_seconds) and end_seconds >= 0, "end_seconds", end_seconds, ">= 0"),
             (finite(validation_safety) and validation_safety >= 1, "validation_safety", validation_safety, ">= 1"),
             (finite(validation_share) and 0 <= validation_share < 1, "validation_share", validation_share, "in [0, 1)"),
+            (finite(validation_max_share) and 0 < validation_max_share < 1, "validation_max_share", validation_max_share, "in (0, 1)"),
         ):
             if not ok:
                 raise BudgetError(f"budget.{key} must be {allowed}, got {value!r}. Fix: set budget.{key} to a value that is {allowed}.")
@@ -78,6 +84,7 @@ class TimeBudget(Callback):
         self.end_s = end_seconds
         self.validation_safety = validation_safety
         self.validation_share = validation_share
+        self.validation_max_share = validation_max_share
         self.clock = clock
         self._created = clock()
         self._used_before = 0.0  # seconds used by earlier processes of this run (resume)
@@ -113,8 +120,8 @@ class TimeBudget(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.active:
             return
-        self.phases["setup"] += self.used() - sum(self.phases.values())
         self.validation_reserve_s = self._estimate_validation(trainer, pl_module)
+        self.phases["setup"] += self.used() - sum(self.phases.values())  # timing validation included
         self._lap()
         left = self.remaining_training()
         rank_zero_info(
@@ -185,7 +192,11 @@ class TimeBudget(Callback):
         if not trainer.enable_validation or trainer.limit_val_batches == 0:
             return 0.0
         estimate = getattr(pl_module, "estimate_validation_seconds", None)
-        seconds = estimate() if callable(estimate) else None
+        seconds = None
+        if callable(estimate):
+            takes_limit = "max_seconds" in inspect.signature(estimate).parameters
+            limit = self.validation_max_share * self.budget_s / self.validation_safety
+            seconds = estimate(max_seconds=limit) if takes_limit else estimate()
         if seconds is None and self._last_validation_s is not None:
             seconds = self._last_validation_s
         if seconds is None:

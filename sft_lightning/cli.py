@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -35,15 +36,17 @@ from sft_lightning.budget import TimeBudget, find_time_budget
 from sft_lightning.checkpoint_io import AtomicCheckpointIO, find_last_checkpoint, read_checkpoint
 from sft_lightning.data import UNSEEN_VAL_SET, SFTDataModule
 from sft_lightning.errors import ConfigError
-from sft_lightning.interrupts import SigintAsSigterm
+from sft_lightning.interrupts import PromptStop, SigintAsSigterm
 from sft_lightning.metrics import MAIN_VAL_SET
 from sft_lightning.models import ModelLoadError
 from sft_lightning.module import SFTModule
+from sft_lightning.precision import choose_precision, probe_cpu, slow_precision_warning
 from sft_lightning.predict import PredictionWriter
 from sft_lightning.progress import ProgressLines
 from sft_lightning.records import DataError
 from sft_lightning.run_files import RunDirError
 from sft_lightning.trainer_checks import check_trainer_arguments, trainer_argument_error
+from sft_lightning.validation_plan import wilson_interval
 
 PLAIN_COMMANDS = ("ask", "report")  # argparse commands, dispatched before LightningCLI
 
@@ -70,6 +73,8 @@ class SFTLightningCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_trainer_arguments(config.get("trainer") or {})
+        if config.get("trainer") is not None:
+            settle_precision(config["trainer"])
 
     def instantiate_classes(self) -> None:
         try:
@@ -128,6 +133,8 @@ class SFTLightningCLI(LightningCLI):
             raise reworded from None
         if not terminal and not any(isinstance(cb, ProgressLines) for cb in trainer.callbacks):
             trainer.callbacks.append(ProgressLines())
+        if not any(isinstance(cb, PromptStop) for cb in trainer.callbacks):
+            trainer.callbacks.append(PromptStop())  # SIGTERM/Ctrl+C: stop within seconds, wherever the run is
         # Every run writes checkpoints atomically, unless the user configured their own CheckpointIO.
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
@@ -135,6 +142,20 @@ class SFTLightningCLI(LightningCLI):
         if self.subcommand == "predict" and not any(isinstance(cb, PredictionWriter) for cb in trainer.callbacks):
             trainer.callbacks.append(PredictionWriter())
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """validate/test/predict stopped by SIGTERM or Ctrl+C: one line and exit 128 + the signal (``fit`` says
+        more: it has a checkpoint to resume from)."""
+        if subcommand == "fit":
+            super()._run_subcommand(subcommand)
+            return
+        with SigintAsSigterm() as sigint:
+            try:
+                super()._run_subcommand(subcommand)
+            except SIGTERMException:
+                signum = signal.SIGINT if sigint.received else signal.SIGTERM
+                print(f"{subcommand} interrupted by {signum.name}; nothing was written.", file=sys.stderr, flush=True)
+                raise SystemExit(128 + signum) from None
 
     def fit(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None, **kwargs: Any) -> None:
         """``trainer.fit`` that finds ``--ckpt_path last`` in earlier run versions and reports interruptions."""
@@ -196,13 +217,34 @@ class SFTLightningCLI(LightningCLI):
         print("\n".join(lines), flush=True)
 
 
+def settle_precision(trainer: Any) -> None:
+    """Fill in ``trainer.precision`` from the machine where the config leaves it unset, and say so in the run's
+    first lines; keep a precision the user set, with a warning where it is much slower on this machine."""
+    accelerator = str(trainer.get("accelerator") or "auto")
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    facts = probe_cpu() if accelerator == "cpu" else None
+    if trainer.get("precision") is None:
+        choice = choose_precision(accelerator, facts)
+        trainer["precision"] = choice.precision
+        print(choice.announcement(), file=sys.stderr, flush=True)
+        return
+    warning = slow_precision_warning(trainer["precision"], accelerator, facts)
+    if warning is not None:
+        warnings.warn(warning, stacklevel=1)
+
+
 def _accuracy_lines(metrics: dict[str, float], sizes: dict[str, int]) -> list[str]:
-    """One line per validation set (accuracy, answer rate, size), and the generated sets together."""
+    """One line per validation set (accuracy with its 95% interval, answer rate, size), and the generated sets
+    together. The interval says how far a set's accuracy can be trusted, and a budget may have cut the set."""
     lines = []
     for name, size in sizes.items():
         if f"{name}/accuracy" in metrics:
             accuracy, rate = metrics[f"{name}/accuracy"], metrics.get(f"{name}/answer_rate", float("nan"))
-            lines.append(f"{name + '/accuracy':<22} {accuracy:.4f}   answer rate {rate:.4f}   {size} questions")
+            low, high = wilson_interval(accuracy * size, size)
+            lines.append(
+                f"{name + '/accuracy':<22} {accuracy:.4f}   (95% CI {low:.3f}-{high:.3f})   answer rate {rate:.4f}   {size} questions"
+            )
     generated = [name for name in (MAIN_VAL_SET, UNSEEN_VAL_SET) if f"{name}/accuracy" in metrics and sizes.get(name)]
     if len(generated) == 2:
         total = sum(sizes[name] for name in generated)
@@ -312,6 +354,9 @@ def main(args: list[str] | None = None) -> None:
     except EXPECTED_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl+C outside a Trainer's run (loading, ask, report): nothing to save
+        print("interrupted by SIGINT", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.SIGINT) from None
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ them), and ``nn.Module.compile`` keeps parameter names unchanged, so checkpoints
 exported adapter look exactly as without compilation. Shapes are dynamic (batches are padded to
 their own length), so a new sequence length does not trigger a recompile.
 
-Measured on the 2-core AMX CPU (embedded model, batch 16, bf16-mixed, LoRA r8 on all linear
-layers): 0.42 s per step compiled vs 0.62 s eager, after ~40 s of one-off compilation.
+Whether it pays depends on the machine (``compile_pays``; the measurements are in
+``docs/learning.md``): under bf16 autocast on a CPU the compiled layers fuse the many casts and
+small ops around each matmul; in fp32 on a CPU the matmuls dominate and the compiled step was
+no faster, so the one-off compilation would be lost time.
 
 Generation and validation run eagerly (see ``eager``): their graphs differ (no grad, a KV cache
 that grows every token) and would each cost another compilation for a few seconds of work.
@@ -67,6 +69,21 @@ def compile_decoder_layers(model: nn.Module) -> int:
     for layer in layers:
         layer.compile(dynamic=True)
     return len(layers)
+
+
+def compile_pays(precision_and_device: tuple[str, str]) -> bool:
+    """``model.compile: auto``: compile where it was measured to pay for itself within a budget's minutes:
+    on CUDA, and under bf16 autocast on a CPU; not in fp32 on a CPU."""
+    precision, device = precision_and_device
+    return device == "cuda" or precision.startswith("bf16")
+
+
+def top_layers(model: nn.Module, count: int | None) -> list[int] | None:
+    """Indices of the top ``count`` decoder layers (peft's ``layers_to_transform``); None for all."""
+    if count is None:
+        return None
+    total = len(decoder_layers(model))
+    return list(range(max(0, total - count), total)) if count < total else None
 
 
 @contextlib.contextmanager

@@ -122,6 +122,33 @@ class SFTDataModule(L.LightningDataModule):
         """Names of the validation sets, in the order of ``val_dataloader``'s loaders."""
         return list(self.val_sets)
 
+    @property
+    def generated_val_sets(self) -> list[str]:
+        """The validation sets drawn from the generator: a time budget may cut these (``limit_val_sets``),
+        never the hand-written set or the user's files."""
+        if self.hparams.train_file is not None:
+            return []
+        generated = [UNSEEN_VAL_SET] + ([] if self.hparams.val_file else [MAIN_VAL_SET])
+        return [name for name in self.val_sets if name in generated]
+
+    def limit_val_sets(self, sizes: dict[str, int]) -> None:
+        """Keep the first ``sizes[name]`` questions of each validation set (generated sets are already in
+        random order, so the first N are a random sample). Loaders built afterwards see the cut sets."""
+        for name, size in sizes.items():
+            self.val_sets[name] = self.val_sets[name][:size]
+            if name in self.val_examples:
+                self.val_examples[name] = self.val_examples[name][:size]
+        trainer = getattr(self, "trainer", None)
+        val_loop = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "val_loop", None)
+        if val_loop is not None and hasattr(val_loop, "_combined_loader"):
+            val_loop._combined_loader = None  # loaders built before the cut (a sanity check) are rebuilt
+
+    def eval_collator(self) -> EvalCollator:
+        """The collator of validation batches."""
+        self._require_setup()
+        assert self.tokenizer is not None
+        return EvalCollator(self.tokenizer.pad_token_id)
+
     def _read_records(
         self,
         train_file: str | None,
@@ -258,7 +285,7 @@ class SFTDataModule(L.LightningDataModule):
             ordered,
             batch_size=self.hparams.eval_batch_size,
             sampler=SequentialSampler(ordered),
-            collate_fn=EvalCollator(self.tokenizer.pad_token_id),
+            collate_fn=self.eval_collator(),
             num_workers=self.hparams.num_workers,
         )
 

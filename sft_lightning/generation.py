@@ -25,6 +25,7 @@ def greedy_generate(
     max_new_tokens: int,
     eos_token_id: int,
     forced: Callable[[list[int]], list[int] | None] | None = None,
+    stop_lengths: list[int] | None = None,
 ) -> Tensor:
     """New token ids, shape (batch, <= max_new_tokens); rows that finished early are EOS-padded.
 
@@ -34,7 +35,8 @@ def greedy_generate(
     place of the model's own (``sft_lightning.calculator``). Forced tokens that end with EOS are
     the row's whole remaining output: they are written at once and the row stops there, since no
     later step could change them; other forced tokens go through the model one per step, so the
-    cache stays consistent.
+    cache stays consistent. ``stop_lengths`` ends each row after that many tokens whatever it
+    generates: timing a batch as a trained model would run it (rows stop at their answer's length).
 
     Rows leave the batch as soon as they finish (their KV cache rows are dropped), so a batch
     costs the sum of its rows' lengths, not its longest row's length times the batch size.
@@ -51,6 +53,7 @@ def greedy_generate(
         **{cache_arg: DynamicCache()},
     )
     next_position = position_ids[:, -1:] + 1
+    limits = [max_new_tokens] * batch if stop_lengths is None else [min(max_new_tokens, max(1, n)) for n in stop_lengths]
     rows = list(range(batch))  # the original row of each row still generating
     generated: list[list[int]] = [[] for _ in range(batch)]  # per original row
     pending: list[list[int]] = [[] for _ in range(batch)]  # forced tokens still to write, per original row
@@ -58,7 +61,7 @@ def greedy_generate(
         token = next_token(head, out.last_hidden_state)
         if forced is not None:
             token = _apply_forced(token, [pending[r] for r in rows])
-        keep = _record_step(token.tolist(), rows, generated, pending, eos_token_id, forced)  # the step's one host copy
+        keep = _record_step(token.tolist(), rows, generated, pending, eos_token_id, forced, limits)  # the step's one host copy
         if not keep:
             break
         cache = getattr(out, cache_arg)
@@ -86,13 +89,14 @@ def _record_step(
     pending: list[list[int]],
     eos_token_id: int,
     forced: Callable[[list[int]], list[int] | None] | None,
+    limits: list[int],
 ) -> list[int]:
     """Append this step's token to each active row (and a known ending, if ``forced`` gives one); return the
     positions, among the active rows, of those that go on."""
     keep = []
     for i, (row, tok) in enumerate(zip(rows, tokens)):
         generated[row].append(tok)
-        done = tok == eos_token_id
+        done = tok == eos_token_id or len(generated[row]) >= limits[row]
         if not done and forced is not None and not pending[row]:
             more = forced(generated[row])
             if more and more[-1] == eos_token_id:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -29,10 +28,9 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
 from callbacks import active_scaler
-from sft_lightning.batching import IGNORE_INDEX
 from sft_lightning.budget import find_time_budget
 from sft_lightning.calculator import CalculatorHook
-from sft_lightning.compile import compile_decoder_layers, eager
+from sft_lightning.compile import compile_decoder_layers, compile_pays, eager, top_layers
 from sft_lightning.errors import check, check_directory, finite
 from sft_lightning.export import export_adapter
 from sft_lightning.generation import greedy_generate
@@ -40,9 +38,12 @@ from sft_lightning.loss import per_sample_loss, supervised_loss_sum
 from sft_lightning.merged_lora import merged_lora_weights
 from sft_lightning.metrics import MAIN_VAL_SET, AnswerMetrics, parse_answers
 from sft_lightning.models import EMBEDDED, ModelLoadError, load_model, load_tokenizer
+from sft_lightning.precision import base_dtype_for
 from sft_lightning.predict import Prediction, make_predictions
 from sft_lightning.schedule import lr_factor
 from sft_lightning.throughput import TokenThroughput
+from sft_lightning.validation_plan import ValidationCost, plan_validation
+from sft_lightning.validation_timing import LARGE_BATCH, answer_lengths, as_device_batch, measure_validation_cost, shape_of, spread
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -55,15 +56,20 @@ class SFTModule(L.LightningModule):
         model: ``embedded``, ``tiny-random``, a ``.gguf`` file, a local HF directory or a hub id.
         cache_dir: where converted GGUF models are cached (default ``~/.cache/sft-lightning``).
         adapter: an exported peft adapter directory to start from (for ``validate``/further training).
-        base_dtype: dtype of the frozen base weights. fp32 is the safe default; the LoRA
-            parameters are kept fp32 whatever this is.
+        base_dtype: dtype of the frozen base weights. ``auto`` follows the trainer's precision
+            (``sft_lightning.precision.base_dtype_for``: bf16 under a bf16 precision, else fp32); the
+            LoRA parameters are kept fp32 whatever this is.
         attn_implementation: the model's attention kernel (None: transformers' default, SDPA).
             ``eager`` trains ~15% faster on CPU with short sequences, where SDPA's CPU
             flash-attention backward is the single most expensive op.
-        compile: ``torch.compile`` the decoder layers for training (see ``sft_lightning.compile``);
-            ~1.5x faster steps on CPU after a one-off ~40 s compilation. Falls back to eager
-            with a warning where no compiler is available.
+        compile: ``torch.compile`` the decoder layers for training (see ``sft_lightning.compile``),
+            after a one-off compilation. ``auto`` compiles only where it was measured to pay for
+            itself (``compile_pays``: bf16 autocast on a CPU, and CUDA; not fp32 on a CPU).
+            Falls back to eager with a warning where no compiler is available.
         lora_r / lora_alpha / lora_dropout / target_modules: the LoRA adapter.
+        lora_layers: LoRA only on the top N decoder layers (None: all). Backward then stops at the
+            lowest adapted layer, and the layers below run without autograd: fewer FLOPs per
+            step, where FLOPs are what limits a run (docs/learning.md has the measurements).
         learning_rate / weight_decay: AdamW.
         warmup_ratio / min_lr_ratio: linear warmup over this share of steps, then cosine decay
             to ``min_lr_ratio * learning_rate``.
@@ -83,13 +89,14 @@ class SFTModule(L.LightningModule):
         model: str = EMBEDDED,
         cache_dir: str | None = None,
         adapter: str | None = None,
-        base_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        base_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
         attn_implementation: Literal["eager", "sdpa"] | None = None,
-        compile: bool = False,
+        compile: bool | Literal["auto"] = False,
         lora_r: int = 16,
         lora_alpha: int = 32,
         lora_dropout: float = 0.05,
         target_modules: list[str] | None = None,
+        lora_layers: int | None = None,
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.05,
@@ -107,6 +114,8 @@ class SFTModule(L.LightningModule):
         check(finite(lora_dropout) and 0 <= lora_dropout < 1, "model.lora_dropout", lora_dropout, "in [0, 1)")
         check(target_modules is None or (len(target_modules) > 0 and all(isinstance(m, str) and m for m in target_modules)),
               "model.target_modules", target_modules, "a non-empty list of module names (or null for all linear projections)")
+        check(lora_layers is None or (isinstance(lora_layers, int) and lora_layers >= 1), "model.lora_layers", lora_layers,
+              ">= 1 (or null for every layer)")
         check(finite(learning_rate) and 0 < learning_rate < 1, "model.learning_rate", learning_rate, "in (0, 1)", "use e.g. 0.002 for LoRA")
         check(finite(weight_decay) and weight_decay >= 0, "model.weight_decay", weight_decay, ">= 0")
         check(finite(warmup_ratio) and 0 <= warmup_ratio < 1, "model.warmup_ratio", warmup_ratio, "in [0, 1)")
@@ -149,7 +158,7 @@ class SFTModule(L.LightningModule):
                 stacklevel=2,
             )
         self.tokenizer = load_tokenizer(hp.model, hp.cache_dir)
-        base = load_model(hp.model, hp.cache_dir, dtype=_DTYPES[hp.base_dtype])
+        base = load_model(hp.model, hp.cache_dir, dtype=_DTYPES[self.resolved_base_dtype()])
         base.config.use_cache = False  # training never uses it; generation passes a cache explicitly
         if hp.attn_implementation is not None:
             base.set_attn_implementation(hp.attn_implementation)
@@ -161,6 +170,7 @@ class SFTModule(L.LightningModule):
                 lora_alpha=hp.lora_alpha,
                 lora_dropout=hp.lora_dropout,
                 target_modules=list(hp.target_modules or DEFAULT_TARGET_MODULES),
+                layers_to_transform=top_layers(base, hp.get("lora_layers")),
                 task_type="CAUSAL_LM",
             )
             # autocast_adapter_dtype (peft's default) keeps LoRA weights fp32 on a half-precision base.
@@ -168,11 +178,24 @@ class SFTModule(L.LightningModule):
         for param in self.model.parameters():
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
-        if hp.compile and self._fitting():
+        if self._fitting() and (hp.compile is True or (hp.compile == "auto" and compile_pays(self._precision_and_device()))):
             compile_decoder_layers(base)
         # from_pretrained returns eval mode and Lightning does not switch it back, which would
         # silently disable LoRA dropout; Lightning's loops toggle eval/train from here on.
         self.model.train()
+
+    def resolved_base_dtype(self) -> str:
+        """``base_dtype``, with ``auto`` resolved from the trainer's precision (fp32 without a trainer)."""
+        if self.hparams.base_dtype != "auto":
+            return self.hparams.base_dtype
+        trainer = self._trainer
+        return base_dtype_for(trainer.precision if trainer is not None else None)
+
+    def _precision_and_device(self) -> tuple[str, str]:
+        trainer = self._trainer
+        if trainer is None:
+            return "32-true", "cpu"
+        return str(trainer.precision), trainer.strategy.root_device.type
 
     def _fitting(self) -> bool:
         """True unless a Trainer runs validate/test/predict, which never train (and generate eagerly)."""
@@ -365,38 +388,55 @@ class SFTModule(L.LightningModule):
             batch["indices"], batch["questions"], texts, batch["expected"], self.hparams.relative_tolerance
         )
 
-    def estimate_validation_seconds(self) -> float | None:
-        """Seconds one validation of every validation set will take, from one timed batch (for ``TimeBudget``).
+    def estimate_validation_seconds(self, max_seconds: float | None = None) -> float | None:
+        """Seconds the next validation of every set will take, planned to fit ``max_seconds`` (for ``TimeBudget``).
 
-        The first batch of the first set is run as validation runs it (eval mode, the precision
-        plugin's autocast, the loss forward and greedy generation), decoding as many tokens as its
-        longest reference answer: a trained model stops there, an untrained one would not stop at all.
-        The time per question is then scaled to all questions. None without a datamodule to ask.
+        Generation and the loss forward are timed on small batches (``sft_lightning.validation_timing``), as
+        validation runs them (eval mode, the precision plugin's autocast, merged LoRA). Where the whole
+        validation would take longer than ``max_seconds``, the data module's generated sets are cut
+        (``sft_lightning.validation_plan``; never below 100 questions, hand-written and user files whole).
+        None without an ``SFTDataModule``-like data module to ask.
         """
         datamodule = getattr(self._trainer, "datamodule", None)
-        if datamodule is None or self.model is None:
+        sets = getattr(datamodule, "val_examples", None)
+        if not sets or self.model is None or not hasattr(datamodule, "limit_val_sets"):
             return None
-        loaders = datamodule.val_dataloader()
-        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
-        total = sum(len(loader.dataset) for loader in loaders)
-        batch = next(iter(loaders[0]), None) if total else None
-        if batch is None:
+        if not any(sets.values()):
             return 0.0
-        batch = self._trainer.strategy.batch_to_device(batch, self.device)
-        answer_tokens = int((batch["labels"] != IGNORE_INDEX).sum(dim=1).max())
+        cost, lengths = self._time_validation(datamodule)
+        loss_set = MAIN_VAL_SET if MAIN_VAL_SET in sets else None
+        shapes = {name: [shape_of(example) for example in examples] for name, examples in sets.items()}
+        sizes = {name: len(examples) for name, examples in sets.items()}
+        plan = plan_validation(
+            shapes, datamodule.generated_val_sets, cost, lengths, datamodule.hparams.eval_batch_size, loss_set, max_seconds
+        )
+        if plan.cut:
+            datamodule.limit_val_sets(plan.sizes)
+            listing = ", ".join(f"{name} {sizes[name]} -> {n}" for name, n in plan.sizes.items() if n != sizes[name])
+            rank_zero_info(
+                f"validation: {listing} questions, so that it takes ~{plan.seconds:.0f} s, within "
+                f"{max_seconds:.0f} s of the time budget (hand-written and file sets stay whole)"
+            )
+        return plan.seconds
+
+    def _time_validation(self, datamodule: Any) -> tuple[ValidationCost, list[int]]:
+        """The validation cost model of this machine, from a few seconds of timed work, and the decoding
+        lengths of a trained model's answers (those of the training answers)."""
+        sets = datamodule.val_examples
+        prompts = [example for examples in sets.values() for example in examples]
+        lengths = answer_lengths(spread(datamodule.train_examples or prompts, LARGE_BATCH), self._calculator())
+        lengths = [min(n, self.hparams.max_new_tokens) for n in lengths]
         was_training = self.model.training
         self.model.eval()
-        with torch.no_grad(), self._trainer.precision_plugin.val_step_context(), eager():
-            # untimed warm-up on 4 rows: the first eager pass after compilation pays one-off costs
-            # (kernel selection, allocations) that would inflate the estimate
-            greedy_generate(self.model, batch["prompt_ids"][:4], batch["prompt_mask"][:4], 2, eos_token_id=-1)
-            start = time.perf_counter()
-            supervised_loss_sum(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-            with self._generation_weights():
-                greedy_generate(self.model, batch["prompt_ids"], batch["prompt_mask"], answer_tokens, eos_token_id=-1)
-            seconds = time.perf_counter() - start
-        self.model.train(was_training)
-        return seconds * total / len(batch["questions"])
+        try:
+            with torch.no_grad(), self._trainer.precision_plugin.val_step_context(), eager(), self._generation_weights():
+                cost = measure_validation_cost(
+                    self.model, datamodule.eval_collator(), prompts, lengths, self.hparams.max_new_tokens,
+                    lambda batch: as_device_batch(batch, self.device),
+                )
+        finally:
+            self.model.train(was_training)
+        return cost, lengths
 
     def generate_texts(self, prompt_ids: Tensor, prompt_mask: Tensor) -> list[str]:
         """Greedy completions (special tokens stripped) for left-padded prompts."""

@@ -228,3 +228,18 @@ def test_an_interrupted_budget_run_resumes_with_the_time_left(tmp_path: Path) ->
     used = float(out.split("used ")[1].split(" min")[0])
     assert used <= 0.5, out[-1500:]
     assert int(out.split("\nsteps")[1].split()[0]) > 30  # counted on from the checkpoint
+
+
+def test_a_tight_budget_validates_on_fewer_generated_questions_and_says_so(tmp_path: Path) -> None:
+    """validation_max_share so small that nothing fits: the generated sets go down to 100 each, not below,
+    the summary prints each accuracy with its interval over the questions really asked."""
+    args = (
+        *BUDGET_ARGS, *budget_args(0.5), "--budget.validation_max_share", "0.001",
+        "--data.val_size", "150", "--data.unseen_val_size", "120", "--model.max_new_tokens", "4",
+    )  # fmt: skip
+    result = run_cli("fit", "--config", SMOKE, *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "validation: val 150 -> 100, val_unseen 120 -> 100 questions" in result.stderr
+    summary = result.stdout.split("==== sft-lightning fit summary ====")[1]
+    assert "(95% CI " in summary and "100 questions" in summary
+    assert "150 questions" not in summary and "120 questions" not in summary

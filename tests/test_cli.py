@@ -47,7 +47,7 @@ def test_requested_defaults_in_configs() -> None:
     sft = yaml.safe_load((REPO / "configs" / "sft.yaml").read_text())
     embedded = yaml.safe_load((REPO / "configs" / "embedded.yaml").read_text())
     assert sft["trainer"]["precision"] == "16-mixed"
-    assert embedded["trainer"]["precision"] == "bf16-mixed"
+    assert "precision" not in embedded["trainer"]  # the machine's (tests/test_precision.py)
     assert "bf16" in (REPO / "configs" / "embedded.yaml").read_text().split("seed_everything")[0]
 
 

@@ -98,3 +98,30 @@ def test_no_validation_question_is_trained_on(tmp_path: Path) -> None:
     assert not {normalize_question(r.question) for r in picked} & trained  # case and spacing do not matter
     assert not {normalize_question(r.question) for r in load_records(HANDWRITTEN)} & trained
     assert len(dm.train_records) <= 2000 - len(picked)
+
+
+def test_a_budget_cuts_only_the_generated_sets_and_loaders_follow(tmp_path) -> None:
+    from sft_lightning.data import SFTDataModule
+
+    hand = tmp_path / "hand.jsonl"
+    hand.write_text("".join(f'{{"question": "How many grams are in {i} kg?", "answer": {i * 1000}}}\n' for i in range(1, 8)))
+    dm = SFTDataModule(
+        train_size=40, val_size=30, unseen_val_size=20, tokenizer="tiny-random", eval_batch_size=8,
+        extra_val_files={"hand": str(hand)},
+    )
+    assert dm.generated_val_sets == ["val", "val_unseen"]
+    dm.setup("fit")
+    first = [ex.question for ex in dm.val_examples["val"][:12]]
+    dm.limit_val_sets({"val": 12, "val_unseen": 5, "hand": 7})
+    assert [len(dm.val_sets[name]) for name in ("val", "val_unseen", "hand")] == [12, 5, 7]
+    assert [ex.question for ex in dm.val_examples["val"]] == first
+    assert [len(loader.dataset) for loader in dm.val_dataloader()] == [12, 5, 7]
+
+
+def test_a_users_files_are_never_cut(tmp_path) -> None:
+    from sft_lightning.data import SFTDataModule
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(f'{{"question": "What is {i} plus {i}?", "answer": {2 * i}}}\n' for i in range(40)))
+    dm = SFTDataModule(train_file=str(data), val_size=10, tokenizer="tiny-random")
+    assert dm.generated_val_sets == []
