@@ -58,6 +58,9 @@ class TimeBudget(Callback):
             estimate it (a module without ``estimate_validation_seconds`` and no validation yet).
         validation_max_share: the most of the budget the final validation may take; a module whose
             ``estimate_validation_seconds`` takes ``max_seconds`` validates on fewer questions to fit.
+        reestimate_at: share of the schedule at which the final validation is timed again, so that the
+            reserve reflects the machine's speed near the end (shared machines drift by tens of percent
+            over a run); None: only before the first step.
         clock: a monotonic clock in seconds (tests pass a fake one).
     """
 
@@ -68,6 +71,7 @@ class TimeBudget(Callback):
         validation_safety: float = 1.1,
         validation_share: float = 0.1,
         validation_max_share: float = 0.15,
+        reestimate_at: float | None = 0.9,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         for ok, key, value, allowed in (
@@ -76,6 +80,8 @@ class TimeBudget(Callback):
             (finite(validation_safety) and validation_safety >= 1, "validation_safety", validation_safety, ">= 1"),
             (finite(validation_share) and 0 <= validation_share < 1, "validation_share", validation_share, "in [0, 1)"),
             (finite(validation_max_share) and 0 < validation_max_share < 1, "validation_max_share", validation_max_share, "in (0, 1)"),
+            (reestimate_at is None or (finite(reestimate_at) and 0 < reestimate_at < 1), "reestimate_at", reestimate_at,
+             "in (0, 1) (or null)"),
         ):
             if not ok:
                 raise BudgetError(f"budget.{key} must be {allowed}, got {value!r}. Fix: set budget.{key} to a value that is {allowed}.")
@@ -85,6 +91,9 @@ class TimeBudget(Callback):
         self.validation_safety = validation_safety
         self.validation_share = validation_share
         self.validation_max_share = validation_max_share
+        self.reestimate_at = reestimate_at
+        self._reestimated = False
+        self._reestimate_next = False
         self.clock = clock
         self._created = clock()
         self._used_before = 0.0  # seconds used by earlier processes of this run (resume)
@@ -154,6 +163,7 @@ class TimeBudget(Callback):
         if trainer.world_size > 1:  # one clock for all ranks: the same learning rate and the same last step
             progress, stop = trainer.strategy.broadcast((progress, stop), src=0)
         self.progress = progress
+        self._reestimate_next = self._due_for_reestimate(progress, stop, trainer)
         if stop and not trainer.should_stop:
             self.stopped_by_budget = True
             trainer.should_stop = True
@@ -161,6 +171,12 @@ class TimeBudget(Callback):
             # max_steps/max_epochs ends the run first: stop through should_stop too, so that the run
             # still ends with its validation (the configs validate only when the run stops)
             trainer.should_stop = True
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        # between two steps, not after one: a stop (SIGTERM) while timing drops nothing that was trained
+        if self.active and self._reestimate_next:
+            self._reestimate_next = False
+            self._reestimate(trainer, pl_module)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.active:
@@ -186,6 +202,29 @@ class TimeBudget(Callback):
             return
         # after the last batch or the final validation: export and the last checkpoint
         self.phases["end"] += self.used() - sum(self.phases.values())
+
+    def _due_for_reestimate(self, progress: float, stop: bool, trainer: L.Trainer) -> bool:
+        return (
+            self.reestimate_at is not None
+            and not self._reestimated
+            and not stop
+            and progress >= self.reestimate_at
+            and self.validation_reserve_s is not None
+            and self._last_validation_s is None  # a measured validation is better than any estimate
+            and trainer.world_size == 1  # the estimate runs on one rank's data
+        )
+
+    def _reestimate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Time the final validation again near the end (its time counts as validation)."""
+        self._reestimated = True
+        before = self.validation_reserve_s
+        self.phases["training"] += self._lap()
+        self.validation_reserve_s = self._estimate_validation(trainer, pl_module)
+        self.phases["validation"] += self._lap()
+        rank_zero_info(
+            f"time budget: the final validation timed again at {self.progress:.0%} of the schedule: "
+            f"~{self.validation_reserve_s:.0f} s reserved (was {before:.0f} s)"
+        )
 
     def _estimate_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
         """Seconds to reserve for the final validation."""

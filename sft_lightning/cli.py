@@ -134,7 +134,9 @@ class SFTLightningCLI(LightningCLI):
         if not terminal and not any(isinstance(cb, ProgressLines) for cb in trainer.callbacks):
             trainer.callbacks.append(ProgressLines())
         if not any(isinstance(cb, PromptStop) for cb in trainer.callbacks):
-            trainer.callbacks.append(PromptStop())  # SIGTERM/Ctrl+C: stop within seconds, wherever the run is
+            # SIGTERM/Ctrl+C: stop within seconds, wherever the run is. First, so that its batch-start check and
+            # its loader mark come before other callbacks' work, and its on_exception before any other's.
+            trainer.callbacks.insert(0, PromptStop())
         # Every run writes checkpoints atomically, unless the user configured their own CheckpointIO.
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()

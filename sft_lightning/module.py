@@ -42,8 +42,7 @@ from sft_lightning.precision import base_dtype_for
 from sft_lightning.predict import Prediction, make_predictions
 from sft_lightning.schedule import lr_factor
 from sft_lightning.throughput import TokenThroughput
-from sft_lightning.validation_plan import ValidationCost, plan_validation
-from sft_lightning.validation_timing import LARGE_BATCH, answer_lengths, as_device_batch, measure_validation_cost, shape_of, spread
+from sft_lightning.validation_timing import plan_final_validation
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -398,45 +397,10 @@ class SFTModule(L.LightningModule):
         None without an ``SFTDataModule``-like data module to ask.
         """
         datamodule = getattr(self._trainer, "datamodule", None)
-        sets = getattr(datamodule, "val_examples", None)
-        if not sets or self.model is None or not hasattr(datamodule, "limit_val_sets"):
+        if self.model is None or not hasattr(datamodule, "limit_val_sets"):
             return None
-        if not any(sets.values()):
-            return 0.0
-        cost, lengths = self._time_validation(datamodule)
-        loss_set = MAIN_VAL_SET if MAIN_VAL_SET in sets else None
-        shapes = {name: [shape_of(example) for example in examples] for name, examples in sets.items()}
-        sizes = {name: len(examples) for name, examples in sets.items()}
-        plan = plan_validation(
-            shapes, datamodule.generated_val_sets, cost, lengths, datamodule.hparams.eval_batch_size, loss_set, max_seconds
-        )
-        if plan.cut:
-            datamodule.limit_val_sets(plan.sizes)
-            listing = ", ".join(f"{name} {sizes[name]} -> {n}" for name, n in plan.sizes.items() if n != sizes[name])
-            rank_zero_info(
-                f"validation: {listing} questions, so that it takes ~{plan.seconds:.0f} s, within "
-                f"{max_seconds:.0f} s of the time budget (hand-written and file sets stay whole)"
-            )
-        return plan.seconds
-
-    def _time_validation(self, datamodule: Any) -> tuple[ValidationCost, list[int]]:
-        """The validation cost model of this machine, from a few seconds of timed work, and the decoding
-        lengths of a trained model's answers (those of the training answers)."""
-        sets = datamodule.val_examples
-        prompts = [example for examples in sets.values() for example in examples]
-        lengths = answer_lengths(spread(datamodule.train_examples or prompts, LARGE_BATCH), self._calculator())
-        lengths = [min(n, self.hparams.max_new_tokens) for n in lengths]
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad(), self._trainer.precision_plugin.val_step_context(), eager(), self._generation_weights():
-                cost = measure_validation_cost(
-                    self.model, datamodule.eval_collator(), prompts, lengths, self.hparams.max_new_tokens,
-                    lambda batch: as_device_batch(batch, self.device),
-                )
-        finally:
-            self.model.train(was_training)
-        return cost, lengths
+        contexts = (torch.no_grad(), self._trainer.precision_plugin.val_step_context(), eager(), self._generation_weights())
+        return plan_final_validation(self.model, datamodule, self._calculator(), self.hparams.max_new_tokens, contexts, max_seconds)
 
     def generate_texts(self, prompt_ids: Tensor, prompt_mask: Tensor) -> list[str]:
         """Greedy completions (special tokens stripped) for left-padded prompts."""

@@ -243,3 +243,43 @@ def test_a_tight_budget_validates_on_fewer_generated_questions_and_says_so(tmp_p
     summary = result.stdout.split("==== sft-lightning fit summary ====")[1]
     assert "(95% CI " in summary and "100 questions" in summary
     assert "150 questions" not in summary and "120 questions" not in summary
+
+
+def run_batches(budget: TimeBudget, clock: FakeClock, trainer: SimpleNamespace, module: SimpleNamespace) -> None:
+    """1-second batches, with their start hooks, until the budget stops the trainer."""
+    for index in range(10_000):
+        budget.on_train_batch_start(trainer, module, BATCH, index)
+        clock.now += 1.0
+        budget.on_train_batch_end(trainer, module, None, BATCH, index)
+        if trainer.should_stop:
+            break
+
+
+def test_the_final_validation_is_timed_again_near_the_end() -> None:
+    """The machine slowed down during the run: the second timing (at 90% of the schedule) moves the reserve,
+    and the run ends so that the slower validation still fits; the timing itself counts as validation."""
+    clock, trainer = FakeClock(), fake_trainer()
+    estimates = iter([10.0, 40.0])
+
+    def estimate(max_seconds: float | None = None) -> float:
+        clock.now += 5  # timing takes time
+        return next(estimates)
+
+    module = SimpleNamespace(estimate_validation_seconds=estimate)
+    budget = TimeBudget(minutes=10, end_seconds=0, clock=clock)
+    budget.on_train_start(trainer, module)
+    assert budget.validation_reserve_s == pytest.approx(11.0)
+    run_batches(budget, clock, trainer, module)
+    assert budget.validation_reserve_s == pytest.approx(44.0)
+    assert budget.phases["validation"] == pytest.approx(5.0)  # the second timing
+    assert budget.used() == pytest.approx(600 - 44, abs=1.0)
+
+
+def test_reestimate_can_be_turned_off() -> None:
+    clock, trainer = FakeClock(), fake_trainer()
+    calls = []
+    module = SimpleNamespace(estimate_validation_seconds=lambda: calls.append(1) or 10.0)
+    budget = TimeBudget(minutes=10, end_seconds=0, reestimate_at=None, clock=clock)
+    budget.on_train_start(trainer, module)
+    run_batches(budget, clock, trainer, module)
+    assert calls == [1]

@@ -107,7 +107,7 @@ def test_a_budget_cuts_only_the_generated_sets_and_loaders_follow(tmp_path) -> N
     hand.write_text("".join(f'{{"question": "How many grams are in {i} kg?", "answer": {i * 1000}}}\n' for i in range(1, 8)))
     dm = SFTDataModule(
         train_size=40, val_size=30, unseen_val_size=20, tokenizer="tiny-random", eval_batch_size=8,
-        extra_val_files={"hand": str(hand)},
+        extra_val_files={"hand": str(hand)}, max_length=512,  # the tiny tokenizer: a token per character
     )
     assert dm.generated_val_sets == ["val", "val_unseen"]
     dm.setup("fit")
@@ -123,5 +123,5 @@ def test_a_users_files_are_never_cut(tmp_path) -> None:
 
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(f'{{"question": "What is {i} plus {i}?", "answer": {2 * i}}}\n' for i in range(40)))
-    dm = SFTDataModule(train_file=str(data), val_size=10, tokenizer="tiny-random")
+    dm = SFTDataModule(train_file=str(data), val_size=10, tokenizer="tiny-random", max_length=512)
     assert dm.generated_val_sets == []
