@@ -58,11 +58,14 @@ class PromptStop(Callback):
 
     Lightning alone only sets a flag and checks it between training steps and between validation
     batches, and a validation batch of 200 generated answers takes a minute on an AVX2 CPU. Here the
-    signal raises ``SIGTERMException`` at once, except while the optimizer applies an update (from
-    ``on_before_optimizer_step`` to the batch's end): that finishes first, so no checkpoint ever holds
-    a half-applied update. A step stopped before its update is dropped: the training loader's position
-    is set back to where the last completed step left it (``on_exception``, which runs before
-    ModelCheckpoint's save-on-exception), so ``fit --ckpt_path last`` trains that batch again.
+    signal raises ``SIGTERMException`` at once, except from the moment the optimizer starts an update
+    (``on_before_optimizer_step``) until the next batch, validation or the end of training starts:
+    there Lightning's own check stops the run once the step and its bookkeeping are complete, so no
+    checkpoint ever holds a half-applied update. A step stopped before its update is dropped: the
+    training loader's position is set back to where the last completed step left it
+    (``on_exception``, which runs before ModelCheckpoint's save-on-exception), so
+    ``fit --ckpt_path last`` trains that batch again. The CLI puts it first among the callbacks, so
+    that its checks come before the other callbacks' work at a batch start.
 
     With several processes (DDP) the signal keeps Lightning's handling: every rank has to stop at the
     same point, or the others would wait in a collective.
