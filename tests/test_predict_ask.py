@@ -241,8 +241,11 @@ def test_readme_walkthrough_on_the_embedded_model(tmp_path: Path) -> None:
     assert ask.returncode == 0, ask.stderr[-3000:]
     block = parse_ask_output(ask.stdout)[0]
     raw = eval(block["raw"])  # the repr ask printed
-    assert "<answer>" in raw and parse_answer(raw) is not None, raw
-    assert float(block["answer"]) == parse_answer(raw)
+    parsed = parse_answer(raw)
+    if parsed is None:  # 30 steps need not settle the format: in fp32 (an AVX2 CPU) one run wrote "1 ft = 0.000..."
+        assert block["answer"].startswith("none"), block
+    else:
+        assert float(block["answer"]) == parsed
 
     predict_run = run_cli(
         "predict", "--config", embedded, "--model.adapter", str(run_dir / "adapter"),
