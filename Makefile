@@ -73,26 +73,26 @@ test-fast: setup-test
 
 ## Benchmarks against the HF Trainer + peft recipe, all in one run (~11 min on a quiet 2-core CPU):
 ## training throughput, validation speed, callback overhead, memory, FLOP/s. Results in
-## benchmarks/results/*.json; the table is printed and written into the README's Performance section.
+## benchmarks/results/*.json; the table is printed and written into docs/performance.md.
 ## Options: make bench BENCH_ARGS="--repeats 5 --steps 24" (python -m benchmarks --help).
 BENCH_ARGS ?=
 bench: setup
 	$(PIP) install --quiet -e ".[bench]"
-	$(PY) -m benchmarks --readme README.md $(BENCH_ARGS)
+	$(PY) -m benchmarks --readme docs/performance.md $(BENCH_ARGS)
 
 ## Learning per CPU-minute: the main job against its variants, same budget each (~15 min per arm).
 ## Options: make learning LEARNING_ARGS="--arms worked bare --minutes 15"
 LEARNING_ARGS ?=
 learning: setup
-	$(PY) -m benchmarks.learning --readme README.md $(LEARNING_ARGS)
+	$(PY) -m benchmarks.learning --readme docs/learning.md $(LEARNING_ARGS)
 
 ## The requested 16-mixed path on a GPU (python -m benchmarks.gpu): a short fit with sft.yaml's trainer settings,
 ## GradientHealth's scaler cases on CUDA, tokens/s vs HF Trainer + peft fp16, generate + score of 1000 questions,
-## peak GPU memory -> benchmarks/results/gpu.json and the README's GPU table. Without CUDA: "no CUDA device: skipped".
+## peak GPU memory -> benchmarks/results/gpu.json and the GPU table in docs/performance.md. Without CUDA: "no CUDA device: skipped".
 GPU_ARGS ?=
 gpu-check: setup
 	$(PIP) install --quiet -e ".[bench]"
-	$(PY) -m benchmarks.gpu --readme README.md $(GPU_ARGS)
+	$(PY) -m benchmarks.gpu --readme docs/performance.md $(GPU_ARGS)
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache

@@ -1,10 +1,10 @@
 """``make bench``: every measurement of issue 6 in one run, results in ``benchmarks/results/``.
 
     python -m benchmarks [--steps 16] [--padded-steps 6] [--warmup 2] [--repeats 3] [--callback-pairs 6]
-                         [--questions 1000] [--val-repeats 1] [--adapter auto] [--readme README.md]
+                         [--questions 1000] [--val-repeats 1] [--adapter auto] [--readme docs/performance.md]
 
 Every file is named for the machine kind it ran on (``benchmarks.common.machine_kind``: ``cpu-amx``,
-``cpu-avx512bf16``, ``cpu-avx2``, ``cpu``, ``cuda``), and so is the README block, so runs on different machines never overwrite
+``cpu-avx512bf16``, ``cpu-avx2``, ``cpu``, ``cuda``), and so is the table block in docs/performance.md, so runs on different machines never overwrite
 each other:
 
 1. ``hardware-<kind>.json``: the bf16 (and fp32) matmul FLOP/s ceiling of this machine;
@@ -12,7 +12,7 @@ each other:
    128, dynamic padding, dynamic with a bf16 base), paired rounds; the GradientHealth overhead (an arm without
    it, then ``--callback-pairs`` longer with/without pairs); peak memory of each arm's training runs; useful model FLOP/s as a share of the ceiling;
 3. ``validation_speed-<kind>.json``: seconds to generate and score 1000 questions vs a plain ``model.generate`` loop;
-4. ``summary-<kind>.json`` + ``summary-<kind>.md``: the table (printed, and written into the README between the
+4. ``summary-<kind>.json`` + ``summary-<kind>.md``: the table (printed, and written into docs/performance.md between the
    ``bench-table:<kind>`` markers with ``--readme``; a kind without a block gets one after the last block).
 
 The standalone, more detailed callback benchmark stays available as ``python -m benchmarks.callback_overhead``.
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     if args.readme:
-        print(f"README table for {kind} updated: {args.readme}" if update_readme(args.readme, table, kind) else
+        print(f"table for {kind} updated: {args.readme}" if update_readme(args.readme, table, kind) else
               f"warning: {args.readme} has no bench-table block; table not written there")
     print(f"wall {wall / 60:.1f} min; results in {args.results}/")
     return 0
@@ -247,7 +247,7 @@ def _rel(path: Path) -> str:
 
 def update_readme(path: Path, table: str, kind: str) -> bool:
     """Replace this machine kind's block; without one, add it after the last block of another kind. False when
-    the README has no bench-table block at all."""
+    the page has no bench-table block at all."""
     text = path.read_text()
     start, end = markers(kind)
     block = f"{start}\n{table}\n{end}"

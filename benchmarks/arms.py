@@ -197,7 +197,7 @@ class HFArm(_Arm):
         from peft import LoraConfig, get_peft_model
 
         from benchmarks.common import parameter_counts
-        from sft_lightning.compile import top_layers
+        from sft_lightning.anatomy import top_layers
         from sft_lightning.models import load_model, load_tokenizer
         from sft_lightning.module import DEFAULT_TARGET_MODULES
 

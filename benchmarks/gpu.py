@@ -1,7 +1,7 @@
 """``make gpu-check``: the requested ``16-mixed`` path proven on a GPU, in one command.
 
     python -m benchmarks.gpu [--device auto|cuda|cpu] [--model embedded] [--fit-steps 300] [--val-size 300]
-                             [--questions 1000] [--steps 16] [--repeats 3] [--out PATH] [--readme README.md]
+                             [--questions 1000] [--steps 16] [--repeats 3] [--out PATH] [--readme docs/performance.md]
 
 On a CUDA machine it:
 
@@ -15,12 +15,12 @@ On a CUDA machine it:
 3. measures training tokens/s against the Hugging Face Trainer + peft recipe with ``fp16=True`` and dynamic
    padding (``benchmarks.train_throughput``: same data, batch, LoRA settings, paired rounds), generate + score of
    ``--questions`` questions (``benchmarks.validation_speed``), and peak GPU memory of each phase;
-4. writes ``--out`` (device name, versions, every figure and check) and, with ``--readme``, the README's GPU table.
+4. writes ``--out`` (device name, versions, every figure and check) and, with ``--readme``, the GPU table in docs/performance.md.
 
 Without CUDA (``--device auto``) it prints "no CUDA device: skipped" and exits 0. ``--device cpu`` runs the same
 code on the CPU (a real fp16 GradScaler plugin stands in for Lightning's CUDA one; the throughput and validation
 arms use ``bf16-mixed``, since the HF recipe's ``fp16=True`` needs CUDA): CI runs it with the tiny model, so the
-script cannot rot between GPU sessions. Exit status 1 when a correctness check fails; the speed bars are
+script cannot rot between runs on a GPU. Exit status 1 when a correctness check fails; the speed bars are
 reported, not enforced.
 """
 
@@ -394,7 +394,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="paired throughput rounds (default 3)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override embedded.yaml")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/gpu.json on CUDA)")
-    p.add_argument("--readme", type=Path, default=None, help="write the GPU table into this README (CUDA runs only)")
+    p.add_argument("--readme", type=Path, default=None, help="write the GPU table into this markdown page, e.g. docs/performance.md (CUDA runs only)")
     args = p.parse_args(argv)
     if min(args.fit_steps, args.val_size, args.questions, args.steps, args.repeats) < 1:
         p.error("--fit-steps, --val-size, --questions, --steps and --repeats must be >= 1")

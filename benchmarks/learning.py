@@ -1,6 +1,6 @@
 """Learning per CPU-minute: the main job's recipe against its variants, each given the same budget.
 
-    python -m benchmarks.learning [--arms worked bare ...] [--minutes 15] [--readme README.md] [-- CLI args]
+    python -m benchmarks.learning [--arms worked bare ...] [--minutes 15] [--readme docs/learning.md] [-- CLI args]
 
 Every arm is ``sft-lightning fit --config configs/embedded.yaml --budget.minutes M`` plus its
 overrides, run one after the other on this machine with the same budget; what is compared is the accuracy
@@ -9,7 +9,7 @@ each reaches in that time on the generated validation (``val``), the held-out ph
 fit, with the calculator (``model.calculator``, on in the config) and, validated again without
 it, by the model alone. Arms are chosen by ``val_unseen`` (generated, phrased differently from training); the
 hand-written set is reported, never used to choose. Results go to
-``benchmarks/results/learning-<machine kind>.json`` and, with ``--readme``, into the README
+``benchmarks/results/learning-<machine kind>.json`` and, with ``--readme``, into docs/learning.md
 between the ``learning-table`` markers of that machine kind, so tables of different CPUs sit
 side by side instead of overwriting each other.
 """
@@ -114,7 +114,7 @@ def table(results: list[dict[str, Any]], machine: dict[str, Any], minutes: float
 
 
 def update_readme(path: Path, kind: str, text: str) -> bool:
-    """Replace this machine kind's block between its markers; False if the README has none."""
+    """Replace this machine kind's block between its markers; False if the page has none."""
     start, end = f"<!-- learning-table:{kind}:start -->", f"<!-- learning-table:{kind}:end -->"
     readme = path.read_text(encoding="utf-8")
     if start not in readme or end not in readme:
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "learning")
     p.add_argument("--readme", type=Path, default=None)
     p.add_argument("--results", type=Path, default=None, help="result file (default: benchmarks/results/learning-<machine kind>.json)")
-    p.add_argument("--kind", default=None, help="machine kind for the file and README block (default: measured, e.g. cpu-amx)")
+    p.add_argument("--kind", default=None, help="machine kind for the file and the table block (default: measured, e.g. cpu-amx)")
     p.add_argument("extra", nargs="*", help="more CLI arguments for every arm (after --), e.g. -- --model.model tiny-random")
     args = p.parse_args(argv)
     machine, kind = machine_description(), args.kind or machine_kind()

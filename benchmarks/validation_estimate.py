@@ -21,6 +21,11 @@ import torch
 
 from benchmarks.common import EMBEDDED_CONFIG, apply_overrides, embedded_settings, machine_description, result_path, write_json
 
+MODES = {
+    "before_training": "rows stop at training answers' lengths (the estimate before the first step)",
+    "as_it_answers": "the larger timing batch generated to its own ends (the re-timing near the end, a resumed run)",
+}
+
 
 def measure(adapter: str, config: Path, overrides: list[str] | None) -> dict[str, Any]:
     from sft_lightning.compile import eager
@@ -28,7 +33,7 @@ def measure(adapter: str, config: Path, overrides: list[str] | None) -> dict[str
     from sft_lightning.loss import supervised_loss_sum
     from sft_lightning.metrics import MAIN_VAL_SET
     from sft_lightning.module import SFTModule
-    from sft_lightning.validation_timing import LARGE_BATCH, answer_lengths, measure_validation_cost, shape_of, spread
+    from sft_lightning.validation_timing import LARGE_BATCH, Ending, answer_lengths, measure_validation_cost, shape_of, spread
 
     settings = apply_overrides(embedded_settings(config), overrides)
     precision = settings["trainer"]["precision"]
@@ -41,17 +46,23 @@ def measure(adapter: str, config: Path, overrides: list[str] | None) -> dict[str
     max_new = module.hparams.max_new_tokens
     sets = data.val_examples
     prompts = [example for examples in sets.values() for example in examples]
-    start = time.perf_counter()
-    lengths = [min(n, max_new) for n in answer_lengths(spread(data.train_examples, LARGE_BATCH), module._calculator())]
-    with torch.no_grad(), autocast, eager(), module._generation_weights():
-        cost = measure_validation_cost(module.model, data.eval_collator(), prompts, lengths, max_new, lambda batch: batch)
-    estimate_s = time.perf_counter() - start
+    ending = Ending(module.tokenizer.eos_token_id, module._calculator())
+    estimates = {}
+    for mode in MODES:
+        start = time.perf_counter()
+        lengths = None
+        if mode == "before_training":
+            lengths = [min(n, max_new) for n in answer_lengths(spread(data.train_examples, LARGE_BATCH), ending.forced)]
+        with torch.no_grad(), autocast, eager(), module._generation_weights():
+            cost, lengths = measure_validation_cost(module.model, data.eval_collator(), prompts, lengths, max_new, lambda b: b, ending)
+        estimates[mode] = (cost, lengths, time.perf_counter() - start)
     batch_size = data.hparams.eval_batch_size
     collate = data.eval_collator()
     rows = []
     for name, examples in sets.items():
         with_loss = name == MAIN_VAL_SET
-        predicted = cost.set_seconds([shape_of(e) for e in examples], lengths, batch_size, with_loss)
+        shapes = [shape_of(e) for e in examples]
+        predicted = {mode: cost.set_seconds(shapes, lengths, batch_size, with_loss) for mode, (cost, lengths, _) in estimates.items()}
         ordered = sorted(examples, key=lambda e: len(e.prompt_ids))
         start = time.perf_counter()
         for first in range(0, len(ordered), batch_size):
@@ -61,20 +72,23 @@ def measure(adapter: str, config: Path, overrides: list[str] | None) -> dict[str
                     supervised_loss_sum(module.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
                 module.generate_texts(batch["prompt_ids"], batch["prompt_mask"])
         real = time.perf_counter() - start
-        rows.append({"set": name, "questions": len(examples), "predicted_s": predicted, "real_s": real, "ratio": predicted / real})
-        print(f"{name:<12} {len(examples):>4} questions: predicted {predicted:6.1f} s, real {real:6.1f} s ({predicted / real:.2f})", flush=True)
-    total_predicted, total_real = sum(r["predicted_s"] for r in rows), sum(r["real_s"] for r in rows)
-    print(f"{'all':<12} estimate took {estimate_s:.1f} s: predicted {total_predicted:.1f} s, real {total_real:.1f} s "
-          f"({total_predicted / total_real:.2f})", flush=True)
+        rows.append({"set": name, "questions": len(examples), "real_s": real, "predicted_s": predicted,
+                     "ratio": {mode: seconds / real for mode, seconds in predicted.items()}})
+        print(f"{name:<12} {len(examples):>4} questions: real {real:6.1f} s; predicted "
+              + ", ".join(f"{mode} {seconds:6.1f} s ({seconds / real:.2f})" for mode, seconds in predicted.items()), flush=True)
+    total_real = sum(r["real_s"] for r in rows)
+    summary = {}
+    for mode, (cost, _, took) in estimates.items():
+        total = sum(r["predicted_s"][mode] for r in rows)
+        summary[mode] = {"about": MODES[mode], "estimate_s": took, "cost_model": vars(cost), "predicted_s": total, "ratio": total / total_real}
+        print(f"{'all':<12} {mode}: estimate took {took:.1f} s, predicted {total:.1f} s, real {total_real:.1f} s ({total / total_real:.2f})",
+              flush=True)
     return {
         "machine": {**machine_description("cpu"), "precision": precision},
         "adapter": adapter,
-        "estimate_s": estimate_s,
-        "cost_model": vars(cost),
         "sets": rows,
-        "predicted_s": total_predicted,
         "real_s": total_real,
-        "ratio": total_predicted / total_real,
+        "estimates": summary,
     }
 
 

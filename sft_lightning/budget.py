@@ -107,6 +107,8 @@ class TimeBudget(Callback):
         self._schedule_s = 0.0  # training time on the schedule's clock (after the first step)
         self._stepped = False  # a step done in this process (the first one compiles, again after a resume)
         self._last_validation_s: float | None = None
+        self._restored_budget_s: float | None = None  # the budget of the checkpoint this run resumed from
+        self.validation_pending = False  # resumed after training ended: the final validation is still owed
 
     # ------------------------------------------------------------------ the clock
     def used(self) -> float:
@@ -132,6 +134,9 @@ class TimeBudget(Callback):
         self.validation_reserve_s = self._estimate_validation(trainer, pl_module)
         self.phases["setup"] += self.used() - sum(self.phases.values())  # timing validation included
         self._lap()
+        if self._resumed_after_training_ended():
+            self._end_without_training(trainer)
+            return
         left = self.remaining_training()
         rank_zero_info(
             f"time budget {self.budget_s / 60:g} min: {self.used():.0f} s used before training, "
@@ -182,8 +187,9 @@ class TimeBudget(Callback):
         if not self.active:
             return
         if not trainer.sanity_checking and self._mark is not None:
-            # since the last batch: checkpoint saving and loop overhead, part of training
-            self.phases["training"] += self._lap()
+            # since the last batch: checkpoint saving and loop overhead, part of training (or, for the
+            # validation owed after a resume, the fit that ended without a step and its export)
+            self.phases["end" if self.validation_pending else "training"] += self._lap()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.active:
@@ -193,6 +199,7 @@ class TimeBudget(Callback):
         elapsed = self._lap()
         self.phases["validation"] += elapsed
         self._last_validation_s = elapsed
+        self.validation_pending = False
         if self.validation_reserve_s is not None and not trainer.should_stop:
             # a measured validation is a better estimate of the final one than the probe
             self.validation_reserve_s = elapsed * self.validation_safety
@@ -212,6 +219,22 @@ class TimeBudget(Callback):
             and self.validation_reserve_s is not None
             and self._last_validation_s is None  # a measured validation is better than any estimate
             and trainer.world_size == 1  # the estimate runs on one rank's data
+        )
+
+    def _resumed_after_training_ended(self) -> bool:
+        """A resumed run whose checkpoint was saved after its last step (stopped in the final validation or the
+        export), with the same budget: its schedule is complete, so another step would only change the adapter."""
+        return self._restored_budget_s is not None and self._restored_budget_s == self.budget_s and self.progress >= 1.0
+
+    def _end_without_training(self, trainer: L.Trainer) -> None:
+        """End the fit before any step; the CLI then runs the final validation that the interruption cut short."""
+        self.stopped_by_budget = True
+        self.validation_pending = self.validation_reserve_s is not None and self.validation_reserve_s > 0
+        trainer.should_stop = True
+        rank_zero_info(
+            f"time budget: the run resumed had ended its training at step {trainer.global_step} before it was "
+            "interrupted; no step is trained again"
+            + ("; the final validation follows" if self.validation_pending else "")
         )
 
     def _reestimate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -266,6 +289,7 @@ class TimeBudget(Callback):
             )
         # This process's own time (argument parsing, setup) is added on top of the saved total by used().
         self._used_before = float(state_dict["used_s"])
+        self._restored_budget_s = float(state_dict.get("budget_s", self.budget_s))
         self.phases = {**dict.fromkeys(PHASES, 0.0), **state_dict.get("phases", {})}
         self.steps = int(state_dict.get("steps", 0))
         self.examples = int(state_dict.get("examples", 0))
@@ -283,6 +307,8 @@ class TimeBudget(Callback):
         )
         if self.validation_reserve_s:
             parts += f"; the final validation was planned at {self.validation_reserve_s:.0f} s"
+            if self._last_validation_s is not None:
+                parts += f" and took {self._last_validation_s:.0f} s"
         ended = "the budget" if self.stopped_by_budget else "the trainer's max_steps/max_epochs"
         return [
             f"{'time budget':<16} {self.budget_s / 60:g} min; used {used / 60:.1f} min ({used / self.budget_s:.0%}), ended by {ended}",

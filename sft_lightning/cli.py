@@ -170,6 +170,7 @@ class SFTLightningCLI(LightningCLI):
         with SigintAsSigterm() as sigint:
             try:
                 self.trainer.fit(model, datamodule=datamodule, **kwargs)
+                _validate_if_owed(self.trainer, model, datamodule)
                 _save_final_state(self.trainer)
             except SIGTERMException:  # a SystemExit whose code is 0: make it a failure
                 signum = signal.SIGINT if sigint.received else signal.SIGTERM
@@ -253,6 +254,14 @@ def _accuracy_lines(metrics: dict[str, float], sizes: dict[str, int]) -> list[st
         accuracy = sum(metrics[f"{name}/accuracy"] * sizes[name] for name in generated) / total
         lines.append(f"{'generated, all':<22} {accuracy:.4f}   ({' + '.join(generated)}, {total} questions)")
     return lines
+
+
+def _validate_if_owed(trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule | None) -> None:
+    """A fit resumed after its training had ended (interrupted in the final validation or the export) trains
+    no step (``TimeBudget``); its final validation still runs, here, so the summary has its accuracy."""
+    budget = find_time_budget(trainer)
+    if budget is not None and budget.validation_pending and not trainer.interrupted:
+        trainer.validate(model, datamodule=datamodule, verbose=False)
 
 
 def _save_final_state(trainer: L.Trainer) -> None:

@@ -25,18 +25,7 @@ import torch
 import torch._inductor.config
 from torch import nn
 
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The repeated blocks of a Hugging Face decoder (``model.model.layers`` for Llama-likes)."""
-    get_decoder = getattr(model, "get_decoder", None)
-    decoder = get_decoder() if callable(get_decoder) else None
-    layers = getattr(decoder, "layers", None)
-    if isinstance(layers, nn.ModuleList) and len(layers) > 0:
-        return layers
-    candidates = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
-    if not candidates:
-        raise ValueError(f"{type(model).__name__} has no nn.ModuleList of layers to compile")
-    return max(candidates, key=len)
+from sft_lightning.anatomy import decoder_layers
 
 
 def compiler_works() -> str | None:
@@ -59,10 +48,10 @@ def compile_decoder_layers(model: nn.Module) -> int:
             stacklevel=2,
         )
         return 0
-    # Inductor's on-disk caches served kernels that ran 8x slower than freshly compiled ones here
-    # (3.5 vs 0.43 s per step, reproducibly, until the caches were bypassed; the cause, maybe
-    # artefacts built by another process with other thread settings, was not pinned down). A
-    # fresh compile costs ~30 s once, a bad cache hit minutes per epoch, so compile fresh.
+    # Inductor's on-disk caches served kernels that ran several times slower than freshly compiled
+    # ones, reproducibly, until the caches were bypassed (the cause, maybe artefacts built by another
+    # process with other thread settings, was not pinned down). A fresh compile is paid once per fit,
+    # a bad cache hit on every step, so compile fresh.
     torch._inductor.config.force_disable_caches = True
     warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")  # says only the line above
     layers = decoder_layers(model)
@@ -76,14 +65,6 @@ def compile_pays(precision_and_device: tuple[str, str]) -> bool:
     on CUDA, and under bf16 autocast on a CPU; not in fp32 on a CPU."""
     precision, device = precision_and_device
     return device == "cuda" or precision.startswith("bf16")
-
-
-def top_layers(model: nn.Module, count: int | None) -> list[int] | None:
-    """Indices of the top ``count`` decoder layers (peft's ``layers_to_transform``); None for all."""
-    if count is None:
-        return None
-    total = len(decoder_layers(model))
-    return list(range(max(0, total - count), total)) if count < total else None
 
 
 @contextlib.contextmanager

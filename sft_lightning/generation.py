@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-from sft_lightning.loss import causal_lm_parts
+from sft_lightning.anatomy import causal_lm_parts
 
 
 @torch.no_grad()
@@ -142,6 +142,6 @@ def next_token(head: nn.Module, hidden: Tensor) -> Tensor:
 
     Not ``model(..., logits_to_keep=1)``: that applies the head to a strided (batch, 1, hidden)
     slice, and for such an input ``torch.matmul`` expands the 576 x 49152 head weight to every
-    row and copies it (1.4 G elements for a batch of 50): 3 of the 5 s of a validation batch.
+    row and copies it, most of a validation batch's time (docs/performance.md, the profiles).
     """
     return head(hidden[:, -1].contiguous()).max(dim=-1).indices

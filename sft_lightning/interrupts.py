@@ -57,7 +57,7 @@ class PromptStop(Callback):
     generation, export, ``validate`` and ``predict``.
 
     Lightning alone only sets a flag and checks it between training steps and between validation
-    batches, and a validation batch of 200 generated answers takes a minute on an AVX2 CPU. Here the
+    batches, and a validation batch of 200 generated answers is long on a slow CPU. Here the
     signal raises ``SIGTERMException`` at once, except from the moment the optimizer starts an update
     (``on_before_optimizer_step``) until the next batch, validation or the end of training starts:
     there Lightning's own check stops the run once the step and its bookkeeping are complete, so no

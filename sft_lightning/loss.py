@@ -16,13 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sft_lightning.anatomy import causal_lm_parts
 from sft_lightning.batching import IGNORE_INDEX
-
-
-def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """(decoder body, LM head) of a Hugging Face causal LM, peft-wrapped or not."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return causal_lm.base_model, causal_lm.get_output_embeddings()
 
 
 def supervised_loss_sum(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -7,7 +7,7 @@ A model is named by one of:
 - a local directory in Hugging Face format;
 - a Hugging Face hub id (needs network, or the model already in the local HF cache).
 
-GGUF weights are de-quantised once (~15 s) and cached as safetensors, with the GGUF
+GGUF weights are de-quantised once and cached as safetensors, with the GGUF
 "quantised" marker cleared so that training code (ours or HF Trainer) accepts the copy.
 """
 

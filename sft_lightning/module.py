@@ -28,9 +28,10 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
 from callbacks import active_scaler
+from sft_lightning.anatomy import top_layers
 from sft_lightning.budget import find_time_budget
 from sft_lightning.calculator import CalculatorHook
-from sft_lightning.compile import compile_decoder_layers, compile_pays, eager, top_layers
+from sft_lightning.compile import compile_decoder_layers, compile_pays, eager
 from sft_lightning.errors import check, check_directory, finite
 from sft_lightning.export import export_adapter
 from sft_lightning.generation import greedy_generate
@@ -42,7 +43,7 @@ from sft_lightning.precision import base_dtype_for
 from sft_lightning.predict import Prediction, make_predictions
 from sft_lightning.schedule import lr_factor
 from sft_lightning.throughput import TokenThroughput
-from sft_lightning.validation_timing import plan_final_validation
+from sft_lightning.validation_timing import Ending, plan_final_validation
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,7 +60,7 @@ class SFTModule(L.LightningModule):
             (``sft_lightning.precision.base_dtype_for``: bf16 under a bf16 precision, else fp32); the
             LoRA parameters are kept fp32 whatever this is.
         attn_implementation: the model's attention kernel (None: transformers' default, SDPA).
-            ``eager`` trains ~15% faster on CPU with short sequences, where SDPA's CPU
+            ``eager`` trains faster on CPU with short sequences, where SDPA's CPU
             flash-attention backward is the single most expensive op.
         compile: ``torch.compile`` the decoder layers for training (see ``sft_lightning.compile``),
             after a one-off compilation. ``auto`` compiles only where it was measured to pay for
@@ -297,8 +298,8 @@ class SFTModule(L.LightningModule):
         return lambda step: step / total
 
     def _fused_adamw_ok(self, params: list[Tensor]) -> bool:
-        """Fused AdamW: one kernel per step instead of a per-tensor loop (on this 2-core CPU a step's update
-        went from 12.6 to 2.7 ms). Not under a GradScaler: a fused optimiser unscales inside ``step()``, and
+        """Fused AdamW: one kernel per step instead of a per-tensor loop (measured in
+        docs/performance.md). Not under a GradScaler: a fused optimiser unscales inside ``step()``, and
         Lightning then refuses gradient clipping (the default config clips at 1.0 under ``16-mixed``). Only on
         single-device and DDP strategies, whose gradients are whole and already reduced when
         ``configure_gradient_clipping`` clips them; sharded strategies keep Lightning's own clipping."""
@@ -397,10 +398,12 @@ class SFTModule(L.LightningModule):
         None without an ``SFTDataModule``-like data module to ask.
         """
         datamodule = getattr(self._trainer, "datamodule", None)
-        if self.model is None or not hasattr(datamodule, "limit_val_sets"):
+        if self.model is None or self.tokenizer is None or not hasattr(datamodule, "limit_val_sets"):
             return None
         contexts = (torch.no_grad(), self._trainer.precision_plugin.val_step_context(), eager(), self._generation_weights())
-        return plan_final_validation(self.model, datamodule, self._calculator(), self.hparams.max_new_tokens, contexts, max_seconds)
+        ending = Ending(self.tokenizer.eos_token_id, self._calculator())
+        trained = self.global_step > 0  # then timed as it answers now (see validation_timing)
+        return plan_final_validation(self.model, datamodule, ending, self.hparams.max_new_tokens, contexts, max_seconds, trained)
 
     def generate_texts(self, prompt_ids: Tensor, prompt_mask: Tensor) -> list[str]:
         """Greedy completions (special tokens stripped) for left-padded prompts."""

@@ -1,7 +1,7 @@
 """The one prompt/answer format, shared by training and generation so the two never drift.
 
-The prompt is the bare question between two newlines. SmolLM2's ChatML turn wrapper would cost ~9 of
-the ~31 tokens of a typical example, i.e. ~30% of every training step on a CPU budget that is
+The prompt is the bare question between two newlines. SmolLM2's ChatML turn wrapper would add ~9
+tokens to every example, a large share of a short example's tokens, on a CPU budget that is
 better spent on more examples; the fine-tuned model learns this format instead. The answer always ends with the tokenizer's EOS (appended as an id by the data module), so
 generation stops by itself.
 """

@@ -12,7 +12,7 @@ with the rows' lengths those of training answers (a trained model writes answers
 where the calculator writes the rest at once). ``per_token`` comes from one timed forward, the two
 decoding constants from two timed generation batches of different sizes; the whole model is then
 applied to the real batches, so a set of 200-row batches is predicted from batches of 16 and 48
-without timing a 200-row batch, which takes a minute on an AVX2 CPU.
+without timing a 200-row batch, which would cost as much as a good part of the validation itself.
 """
 
 from __future__ import annotations

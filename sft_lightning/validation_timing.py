@@ -1,8 +1,12 @@
-"""Timing validation before training starts, in seconds, for ``TimeBudget``'s plan.
+"""Timing validation, in seconds, for ``TimeBudget``'s plan.
 
 One batch runs the validation loss forward, and two small batches of validation prompts are
-generated as a trained model would run them (rows stop after a training answer's length, or where
-the calculator takes over); ``sft_lightning.validation_plan`` fits its cost model to the times.
+generated; ``sft_lightning.validation_plan`` fits its cost model to the times. How long the rows
+run decides most of the cost. Before training, the model's own answers say nothing (it has not
+learnt the format), so rows stop after a training answer's length, or where the calculator takes
+over. A model that has trained (the budget's re-timing near the end, a resumed run) is timed as
+it answers now: the larger batch is generated to its own ends, and the steps its rows took are
+the lengths the plan uses, rows that ramble to ``max_new_tokens`` included.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,17 +32,43 @@ LARGE_BATCH = 48
 LOSS_BATCH = 32
 
 
-def answer_lengths(examples: Sequence[Example], forced: Callable[[list[int]], list[int] | None] | None) -> list[int]:
-    """Tokens a trained model generates for each example's answer: all of it (with EOS), or up to the point
-    where ``forced`` (the calculator) writes the rest at once."""
-    lengths = []
-    for example in examples:
-        ids = list(example.answer_ids)
+Forced = Callable[[list[int]], list[int] | None]
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How validation ends a row: the EOS token, and the calculator's forced continuation (or None)."""
+
+    eos_token_id: int
+    forced: Forced | None
+
+
+def decoding_steps(outputs: Sequence[Sequence[int]], forced: Forced | None) -> list[int]:
+    """Decoding steps each output takes: all its tokens (EOS included), or up to the point where ``forced``
+    (the calculator) writes the rest at once."""
+    steps = []
+    for ids in outputs:
+        ids = list(ids)
         length = len(ids)
         if forced is not None:
             length = next((i for i in range(1, len(ids)) if forced(ids[:i])), length)
-        lengths.append(length)
-    return lengths
+        steps.append(length)
+    return steps
+
+
+def answer_lengths(examples: Sequence[Example], forced: Forced | None) -> list[int]:
+    """Decoding steps of a trained model writing each example's answer (``decoding_steps`` of the answers)."""
+    return decoding_steps([example.answer_ids for example in examples], forced)
+
+
+def generated_steps(new_ids: Tensor, ending: Ending, max_new_tokens: int) -> list[int]:
+    """Decoding steps each row of ``greedy_generate``'s output took: up to its first EOS, or all
+    ``max_new_tokens`` for a row that never ended."""
+    outputs = []
+    for row in new_ids.tolist():
+        end = row.index(ending.eos_token_id) + 1 if ending.eos_token_id in row else max_new_tokens
+        outputs.append(row[:end])
+    return [min(n, max_new_tokens) for n in decoding_steps(outputs, ending.forced)]
 
 
 def spread(examples: Sequence[Example], count: int) -> list[Example]:
@@ -56,12 +87,17 @@ def measure_validation_cost(
     model: nn.Module,
     collate: Callable[[Sequence[Example]], dict],
     prompts: Sequence[Example],
-    lengths: Sequence[int],
+    lengths: Sequence[int] | None,
     max_new_tokens: int,
     move: Callable[[dict], dict],
-) -> ValidationCost:
+    ending: Ending | None = None,
+) -> tuple[ValidationCost, list[int]]:
     """Time one loss forward and generation at two batch sizes (``model`` in eval mode, inside the caller's
-    no-grad, autocast and merged-weights contexts), and fit the cost model to them."""
+    no-grad, autocast and merged-weights contexts), fit the cost model to them, and return it with the rows'
+    decoding lengths. ``lengths`` None: the larger batch is generated to its own ends (``ending``), and the
+    steps its rows took are the lengths (the smaller batch then stops its rows at those)."""
+    if lengths is None and ending is None:
+        raise ValueError("measure_validation_cost needs the rows' lengths or how generation ends them (ending)")
     warm = move(collate(spread(prompts, 4)))
     greedy_generate(model, warm["prompt_ids"], warm["prompt_mask"], 2, eos_token_id=-1)  # one-off costs, untimed
     rows = spread(prompts, LOSS_BATCH)
@@ -70,31 +106,46 @@ def measure_validation_cost(
     supervised_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
     per_token = (time.perf_counter() - start) / loss_tokens([shape_of(ex) for ex in rows])
     timed = []
-    for n in sorted({min(SMALL_BATCH, len(prompts)), min(LARGE_BATCH, len(prompts))}):
+    sizes = sorted({min(SMALL_BATCH, len(prompts)), min(LARGE_BATCH, len(prompts))}, reverse=lengths is None)
+    for n in sizes:
         examples = spread(prompts, n)
-        stops = cycled(lengths, 0, n)
         batch = move(collate(examples))
         start = time.perf_counter()
-        greedy_generate(model, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens, eos_token_id=-1, stop_lengths=stops)
-        timed.append(([shape_of(ex) for ex in examples], [min(n_, max_new_tokens) for n_ in stops], time.perf_counter() - start))
-    return ValidationCost.fit(per_token, timed)
+        if lengths is None:
+            assert ending is not None
+            new_ids = greedy_generate(model, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens, ending.eos_token_id, ending.forced)
+            seconds = time.perf_counter() - start
+            lengths = stops = generated_steps(new_ids, ending, max_new_tokens)
+        else:
+            stops = [min(n_, max_new_tokens) for n_ in cycled(lengths, 0, n)]
+            greedy_generate(model, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens, eos_token_id=-1, stop_lengths=stops)
+            seconds = time.perf_counter() - start
+        timed.append(([shape_of(ex) for ex in examples], stops, seconds))
+    assert lengths is not None
+    return ValidationCost.fit(per_token, timed), list(lengths)
 
 
 def plan_final_validation(
     model: nn.Module,
     datamodule: Any,
-    forced: Callable[[list[int]], list[int] | None] | None,
+    ending: Ending,
     max_new_tokens: int,
     contexts: Sequence[contextlib.AbstractContextManager],
     max_seconds: float | None,
+    as_it_answers: bool = False,
 ) -> float:
     """Time validation on this machine, cut the data module's generated sets to fit ``max_seconds`` (saying so),
-    and return the planned seconds. ``contexts``: what validation runs inside (no-grad, autocast, merged LoRA)."""
+    and return the planned seconds. ``contexts``: what validation runs inside (no-grad, autocast, merged LoRA).
+    ``as_it_answers``: the model has trained, so its rows run as long as it now answers (else as long as the
+    training answers)."""
     sets = datamodule.val_examples
     if not any(sets.values()):
         return 0.0
     prompts = [example for examples in sets.values() for example in examples]
-    lengths = [min(n, max_new_tokens) for n in answer_lengths(spread(datamodule.train_examples or prompts, LARGE_BATCH), forced)]
+    lengths = None
+    if not as_it_answers:
+        answers = spread(datamodule.train_examples or prompts, LARGE_BATCH)
+        lengths = [min(n, max_new_tokens) for n in answer_lengths(answers, ending.forced)]
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -102,8 +153,8 @@ def plan_final_validation(
         with contextlib.ExitStack() as stack:
             for context in contexts:
                 stack.enter_context(context)
-            cost = measure_validation_cost(
-                model, datamodule.eval_collator(), prompts, lengths, max_new_tokens, lambda batch: as_device_batch(batch, device)
+            cost, lengths = measure_validation_cost(
+                model, datamodule.eval_collator(), prompts, lengths, max_new_tokens, lambda batch: as_device_batch(batch, device), ending
             )
     finally:
         model.train(was_training)

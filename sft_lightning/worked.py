@@ -4,7 +4,7 @@ A bare ``<answer>1.83</answer>`` asks a 135M model to learn every (unit pair, qu
 product as one opaque fact. Written out, the target splits into what transfers: naming the two
 units in one canonical spelling (whatever the question used), the pair's factor (one fact per
 pair, the same for every quantity) and a multiplication (one skill for all pairs). Measured on the
-same CPU budget this is the single largest gain (README, "Learning per CPU-minute").
+same CPU budget this is the single largest gain (docs/learning.md, "Learning per CPU-minute").
 
 The factor is rounded to 3 significant digits (at most 0.5% off, well inside the 5% tolerance),
 and the answer is the product of the numbers shown, so the arithmetic the model learns is

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
+import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
+import lightning as L
 import pytest
 import torch
 from _cli_runs import SMOKE, run_cli
+from lightning.pytorch.callbacks import Callback
 
 from sft_lightning.budget import BudgetError, TimeBudget
 from sft_lightning.schedule import lr_factor
@@ -228,6 +233,44 @@ def test_an_interrupted_budget_run_resumes_with_the_time_left(tmp_path: Path) ->
     used = float(out.split("used ")[1].split(" min")[0])
     assert used <= 0.5, out[-1500:]
     assert int(out.split("\nsteps")[1].split()[0]) > 30  # counted on from the checkpoint
+
+
+class SignalInFinalValidation(Callback):
+    """Test-only: SIGTERM from inside the final validation (the budget has stopped training), then busy."""
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if trainer.should_stop and trainer.state.fn == "fit":
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+
+
+def lora_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return {name: tensor for name, tensor in ckpt["state_dict"].items() if "lora_" in name}
+
+
+@pytest.mark.slow
+def test_a_run_stopped_in_its_final_validation_resumes_to_the_same_adapter_and_validates(tmp_path: Path) -> None:
+    """The schedule was complete when the signal came: the resumed fit trains no step, runs the final
+    validation it owes and exports the weights of the step the budget ended on."""
+    stop = {"class_path": "test_budget.SignalInFinalValidation"}
+    first = run_cli("fit", "--config", SMOKE, *BUDGET_ARGS, *budget_args(0.3), f"--trainer.callbacks+={json.dumps(stop)}", cwd=tmp_path)
+    assert first.returncode == 143, first.stderr[-3000:]
+    runs = tmp_path / "runs" / "smoke"
+    cut = torch.load(runs / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert next(v for k, v in cut["callbacks"].items() if k.startswith("TimeBudget"))["progress"] >= 1.0
+
+    second = run_cli("fit", "--config", SMOKE, *BUDGET_ARGS, *budget_args(0.3), "--ckpt_path", "last", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"ended its training at step {cut['global_step']} before it was interrupted; no step is trained again" in second.stderr
+    summary = second.stdout.split("==== sft-lightning fit summary ====")[1]
+    assert "val/accuracy" in summary and "val_unseen/accuracy" in summary and "ended by the budget" in summary
+    resumed = torch.load(runs / "version_1" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert resumed["global_step"] == cut["global_step"]
+    weights, expected = lora_state(resumed), lora_state(cut)
+    assert weights and weights.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(weights[name], tensor, rtol=0, atol=0, msg=name)
+    assert (runs / "version_1" / "adapter" / "adapter_model.safetensors").exists()
 
 
 def test_a_tight_budget_validates_on_fewer_generated_questions_and_says_so(tmp_path: Path) -> None:

@@ -14,26 +14,6 @@ from sft_lightning.module import SFTModule
 from sft_lightning.tiny_model import build_tiny_llama
 
 
-def test_decoder_layers_finds_the_llama_blocks() -> None:
-    model = build_tiny_llama()
-    layers = sft_compile.decoder_layers(model)
-    assert layers is model.model.layers
-    assert len(layers) == model.config.num_hidden_layers
-
-
-def test_decoder_layers_falls_back_to_the_longest_module_list() -> None:
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.heads = nn.ModuleList([nn.Linear(2, 2)])
-            self.blocks = nn.ModuleList([nn.Linear(2, 2) for _ in range(3)])
-
-    net = Net()
-    assert sft_compile.decoder_layers(net) is net.blocks
-    with pytest.raises(ValueError, match="no nn.ModuleList"):
-        sft_compile.decoder_layers(nn.Linear(2, 2))
-
-
 def test_without_a_working_compiler_it_warns_and_stays_eager(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sft_compile, "compiler_works", lambda: "CppCompileError: no g++")
     model = build_tiny_llama()

@@ -1,5 +1,5 @@
 """`make gpu-check` (benchmarks/gpu.py): skipped cleanly without CUDA, and its whole code path run on the CPU with
-the tiny model, so it cannot rot between the sessions that have a GPU."""
+the tiny model, so it cannot rot between runs on a GPU."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from peft import LoraConfig, get_peft_model
 
 from sft_lightning.batching import IGNORE_INDEX, Example, TrainCollator
 from sft_lightning.generation import greedy_generate
-from sft_lightning.loss import causal_lm_parts, supervised_loss_sum
+from sft_lightning.loss import supervised_loss_sum
 from sft_lightning.prompt import format_answer, format_prompt
 from sft_lightning.tiny_model import build_char_tokenizer, build_tiny_llama
 
@@ -154,18 +154,6 @@ def test_loss_is_fp32_under_bf16_autocast(tokenizer) -> None:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         loss_sum, _ = supervised_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
     assert loss_sum.dtype == torch.float32
-
-
-def test_causal_lm_parts_plain_and_peft() -> None:
-    model = build_tiny_llama()
-    body, head = causal_lm_parts(model)
-    assert body is model.model
-    assert head is model.lm_head
-    peft_model = get_peft_model(build_tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-    body, head = causal_lm_parts(peft_model)
-    base = peft_model.get_base_model()
-    assert body is base.model
-    assert head is base.lm_head
 
 
 def test_gradients_flow_only_to_lora_parameters(tokenizer) -> None:

@@ -29,7 +29,7 @@ from _cli_runs import (
 from sft_lightning.metrics import parse_answer
 from sft_lightning.records import load_questions
 
-QUESTIONS_FILE = REPO / "docs" / "questions.txt"  # the README's example file
+QUESTIONS_FILE = REPO / "docs" / "questions.txt"  # the example file of docs/usage.md
 QUESTIONS = [q.question for q in load_questions(QUESTIONS_FILE)]
 
 
@@ -222,7 +222,7 @@ def test_ask_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.slow
 def test_readme_walkthrough_on_the_embedded_model(tmp_path: Path) -> None:
-    """The README's commands on SmolLM2-135M, offline: a short fit, then ask, predict, report."""
+    """The commands of docs/usage.md on SmolLM2-135M, offline: a short fit, then ask, predict, report."""
     embedded = str(REPO / "configs" / "embedded.yaml")
     fit = run_cli(
         "fit", "--config", embedded,

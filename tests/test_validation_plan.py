@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
+from sft_lightning.batching import EvalCollator, Example
+from sft_lightning.generation import greedy_generate
+from sft_lightning.tiny_model import build_tiny_llama
 from sft_lightning.validation_plan import MIN_GENERATED_QUESTIONS, Shape, ValidationCost, cycled, plan_validation, wilson_interval
-from sft_lightning.validation_timing import answer_lengths, spread
+from sft_lightning.validation_timing import Ending, answer_lengths, generated_steps, measure_validation_cost, spread
 
 
 def test_the_fit_recovers_the_decoding_constants_from_two_batches() -> None:
@@ -94,6 +98,31 @@ def test_answer_lengths_stop_where_the_calculator_takes_over() -> None:
     trigger = lambda ids: [5, 6] if ids and ids[-1] == 9 else None  # noqa: E731
     assert answer_lengths(examples, None) == [6, 2]
     assert answer_lengths(examples, trigger) == [4, 2]
+
+
+def test_generated_steps_end_at_eos_at_the_calculator_or_at_the_limit() -> None:
+    eos = 0
+    trigger = lambda ids: [7, eos] if ids and ids[-1] == 9 else None  # noqa: E731
+    new_ids = torch.tensor([[4, 5, eos, eos, eos], [4, 9, 7, eos, eos], [4, 4, 4, 4, 4]])
+    assert generated_steps(new_ids, Ending(eos, None), max_new_tokens=5) == [3, 4, 5]
+    assert generated_steps(new_ids, Ending(eos, trigger), max_new_tokens=5) == [3, 2, 5]
+
+
+def test_a_trained_model_is_timed_with_the_lengths_it_really_generates() -> None:
+    """``lengths`` None: the larger batch runs to its own ends, and those ends are the plan's lengths."""
+    torch.manual_seed(0)
+    model = build_tiny_llama().eval()
+    prompts = [Example(prompt_ids=tuple(range(3, 6 + i % 5)), answer_ids=(7, 8, 2), question=f"q{i}", answer=1.0) for i in range(60)]
+    collate = EvalCollator(pad_token_id=0)
+    eos, max_new = 2, 12
+    with torch.no_grad():
+        cost, lengths = measure_validation_cost(model, collate, prompts, None, max_new, lambda b: b, Ending(eos, None))
+        batch = collate(spread(prompts, 48))
+        expected = generated_steps(greedy_generate(model, batch["prompt_ids"], batch["prompt_mask"], max_new, eos), Ending(eos, None), max_new)
+    assert lengths == expected and len(lengths) == 48
+    assert cost.per_row_step > 0 or cost.per_step > 0
+    with pytest.raises(ValueError, match="needs the rows' lengths"):
+        measure_validation_cost(model, collate, prompts, None, max_new, lambda b: b)
 
 
 def test_spread_takes_evenly_from_short_and_long() -> None:
