@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import hardware, train_throughput, validation_speed
-from benchmarks.common import RESULTS_DIR, machine_description, machine_kind, quiet, write_json
+from benchmarks.common import RESULTS_DIR, cpu_in_words, machine_description, machine_kind, quiet, write_json
 
 BLOCK = re.compile(r"<!-- bench-table:(?P<kind>[\w.-]+):start -->.*?<!-- bench-table:(?P=kind):end -->", re.S)
 
@@ -135,8 +135,7 @@ def _pass(ok: bool | None) -> str:
 
 def markdown_table(results: dict[str, Any], machine: dict[str, Any], wall: float, args: argparse.Namespace) -> str:
     lines = [
-        f"Measured {dt.date.today().isoformat()} on {machine['cpu_model']} ({machine['cpu_count']} cores,"
-        f" {', '.join(machine['cpu_flags']) or 'no AMX/AVX-512'}), torch {machine['torch']} with {machine['torch_threads']}"
+        f"Measured {dt.date.today().isoformat()} on {cpu_in_words(machine)}, torch {machine['torch']} with {machine['torch_threads']}"
         f" threads, transformers {machine['transformers']}, peft {machine['peft']}, lightning {machine['lightning']};"
         f" `{_command(args)}`, {wall / 60:.1f} min wall.",
         "",
@@ -150,7 +149,7 @@ def markdown_table(results: dict[str, Any], machine: dict[str, Any], wall: float
             f" median of {c['repeats']} rounds, each arm {c['warmup_steps']} warm-up + {c['steps']} timed steps"
             f" ({c['padded_steps']} for the padded arm); tokens = non-padding tokens.",
             "",
-            "| arm | base | tokens/s | step | padding | peak RSS | useful FLOP/s | of bf16 peak |",
+            f"| arm | base | tokens/s | step | padding | peak RSS | useful FLOP/s | of {(hw or {}).get('peak_dtype', 'bf16')} peak |",
             "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for name, arm in t["arms"].items():
@@ -200,26 +199,33 @@ def markdown_table(results: dict[str, Any], machine: dict[str, Any], wall: float
         lines.append(
             f"\nGenerate + score, sft-lightning / plain loop: {r['median']:.2f} (min {r['min']:.2f}, max {r['max']:.2f});"
             f" target {v['target']}: {_pass(v['meets_target'])}. Predictions identical on"
-            f" {v['prediction_agreement'] * 100:.0f}% of the questions (the plain loop runs without the calculator, so it keeps the model's own arithmetic; and bf16 batches padded differently round differently)."
+            f" {v['prediction_agreement'] * 100:.0f}% of the questions (the plain loop runs without the calculator, so it keeps the model's own arithmetic; and 16-bit batches padded differently round differently)."
         )
         if "sftl_generate_unmerged" in v["seconds"]:
             u, g = v["seconds"]["sftl_generate_unmerged"]["median"], v["seconds"]["sftl_generate"]["median"]
             lines.append(
                 f"LoRA folded into the weights while generating (`sft_lightning/merged_lora.py`, the default): {g:.1f} s against"
                 f" {u:.1f} s unmerged, {u / g:.2f}x; predictions identical on {v['prediction_agreement_merged_vs_unmerged'] * 100:.0f}%"
-                " (the merged bf16 weights round differently)."
+                " (merged weights round differently)."
             )
     if hw:
         m = hw["matmuls"]
         key = hw.get("peak_dtype", "bf16")
         lines.append(
             f"\nHardware ceiling: {key} {'x'.join(map(str, m[f'{key}_square']['shape'][:2]))} matmul"
-            f" {m[f'{key}_square']['flops_per_s_best'] / 1e9:.0f} GFLOP/s (fp32: {m['fp32_square']['flops_per_s_best'] / 1e9:.0f});"
+            f" {m[f'{key}_square']['flops_per_s_best'] / 1e9:.0f} GFLOP/s ({_other_dtype(m, key)});"
             f" a model-shaped {'x'.join(map(str, m[f'{key}_model_shaped']['shape']))} {key} matmul reaches"
             f" {m[f'{key}_model_shaped']['flops_per_s_best'] / 1e9:.0f} GFLOP/s ({hw['model_shaped_fraction_of_peak'] * 100:.0f}% of it)."
         )
     lines += _busy_warning(results)
     return "\n".join(lines)
+
+
+def _other_dtype(matmuls: dict[str, Any], key: str) -> str:
+    """The reference figure beside the ceiling: fp32 where the ceiling is 16-bit, emulated bf16 where it is fp32."""
+    if key == "fp32" and "bf16_square_512" in matmuls:
+        return f"bf16, not native here: {matmuls['bf16_square_512']['flops_per_s_best'] / 1e9:.1f} at 512x512"
+    return f"fp32: {matmuls['fp32_square']['flops_per_s_best'] / 1e9:.0f}"
 
 
 def _busy_warning(results: dict[str, Any]) -> list[str]:

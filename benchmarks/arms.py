@@ -116,7 +116,7 @@ class LightningArm(_Arm):
             "base_dtype": str(next(p.dtype for p in self.peft.parameters() if not p.requires_grad)),
             "precision": self.settings["trainer"].get("precision"),
             "attn_implementation": model.get("attn_implementation") or "transformers default (sdpa)",
-            "compile": bool(model.get("compile", False)),
+            "compile": _compiles(model.get("compile", False), self.settings["trainer"]),
             "callbacks": {v: [spec["class_path"] for spec in self.callback_specs(v)] for v in ("sftl", "sftl_nocb")},
         }
 
@@ -413,3 +413,13 @@ def worker_main(names: list[str], opts: dict[str, Any], conn) -> None:
         import traceback
 
         conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+
+
+def _compiles(setting: bool | str, trainer: dict[str, Any]) -> bool:
+    """Whether ``model.compile`` compiles for this trainer: ``auto`` as ``SFTModule`` resolves it."""
+    if setting != "auto":
+        return bool(setting)
+    from sft_lightning.compile import compile_pays
+
+    device = "cuda" if trainer.get("accelerator") == "cuda" else "cpu"
+    return compile_pays((str(trainer.get("precision")), device))

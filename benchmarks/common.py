@@ -112,6 +112,17 @@ def emulated_isa() -> dict[str, str]:
     return {name: os.environ[name] for name in names if name in os.environ}
 
 
+def cpu_in_words(machine: dict[str, Any]) -> str:
+    """The CPU of a result header: model, cores, flags, and the instruction-set limits it ran under, if any."""
+    flags = ", ".join(machine.get("cpu_flags") or []) or "no AMX/AVX-512"
+    limits = machine.get("isa_limits") or {}
+    limited = ""
+    if limits:
+        env = " ".join(f"{k}={v}" for k, v in sorted(limits.items()))
+        limited = f"; torch limited to {limits.get('ATEN_CPU_CAPABILITY', 'a lower ISA').upper()} by `{env}`"
+    return f"{machine['cpu_model']} ({machine['cpu_count']} cores, {flags}{limited})"
+
+
 def result_path(name: str, accelerator: str = "cpu") -> Path:
     """``benchmarks/results/<name>-<machine kind>.json``: results of different machines never overwrite each other."""
     return RESULTS_DIR / f"{name}-{machine_kind(accelerator)}.json"

@@ -203,7 +203,7 @@ def scaler_cases(device: str, workdir: Path) -> dict[str, Any]:
     A GradScaler also backs off on its own in the first steps (its initial scale is 65536), so the injected
     overflows are judged against a control run on the same data and seed: one more back-off, and no trip.
     """
-    from callbacks import _diagnosis as dx
+    from callbacks.gradient_health import decide as dx
 
     control = overflow_run(device, workdir / "control", steps=(), max_consecutive_skipped=20)
     transient = overflow_run(device, workdir / "transient", steps=(6,), max_consecutive_skipped=20)

@@ -1,9 +1,11 @@
-"""The machine's measured matmul ceiling: what FLOP/s a large bf16 (and, for reference, fp32) matmul reaches.
+"""The machine's measured matmul ceiling: what FLOP/s a large matmul reaches in the dtype the project computes in here.
 
     python -m benchmarks.hardware [--size 4096] [--repeats 5]
 
 The ceiling is the best of ``--repeats`` timed ``torch.matmul`` calls of two ``size x size`` matrices (after one
-untimed call), with torch's default thread count. A second, model-shaped bf16 matmul (one training batch of
+untimed call), with torch's default thread count, in bf16 on a CPU that computes it natively, fp16 on CUDA, and
+fp32 on a CPU without native bf16 (AVX2 only), where bf16 is emulated and is measured on a small square for
+reference only (a large one would take minutes). A second, model-shaped matmul in the same dtype (one training batch of
 16 x 32 tokens through SmolLM2-135M's 576 -> 1536 MLP projection) shows how much of that ceiling the small
 matrices of a 135M-parameter model can reach at all.
 """
@@ -54,15 +56,23 @@ def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype, repeats: int, device
     }
 
 
+def peak_dtype(device: str) -> tuple[str, torch.dtype]:
+    """The dtype the project's default precision computes matmuls in on ``device``."""
+    if device == "cuda":
+        return "fp16", torch.float16
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "bf16", torch.bfloat16
+    return "fp32", torch.float32
+
+
 def measure(size: int = 4096, repeats: int = 5, device: str = "cpu", log=print) -> dict[str, Any]:
-    # CPU: bf16 (what bf16-mixed runs). CUDA: fp16 too, the ceiling of 16-mixed.
-    half = torch.float16 if device == "cuda" else torch.bfloat16
-    key = "fp16" if device == "cuda" else "bf16"
-    rows = {
-        f"{key}_square": matmul_rate(size, size, size, half, repeats, device),
-        "fp32_square": matmul_rate(size, size, size, torch.float32, max(2, repeats // 2), device),
-        f"{key}_model_shaped": matmul_rate(16 * 32, 576, 1536, half, repeats, device),
-    }
+    key, dtype = peak_dtype(device)
+    rows = {f"{key}_square": matmul_rate(size, size, size, dtype, repeats, device)}
+    if key != "fp32":
+        rows["fp32_square"] = matmul_rate(size, size, size, torch.float32, max(2, repeats // 2), device)
+    else:
+        rows["bf16_square_512"] = matmul_rate(512, 512, 512, torch.bfloat16, 1, device, min_s=0.0)
+    rows[f"{key}_model_shaped"] = matmul_rate(16 * 32, 576, 1536, dtype, repeats, device)
     ceiling = rows[f"{key}_square"]["flops_per_s_best"]
     for name, row in rows.items():
         log(f"  {name:<18} {'x'.join(map(str, row['shape'])):<16} {row['flops_per_s_best'] / 1e9:8.1f} GFLOP/s (best), {row['flops_per_s_median'] / 1e9:8.1f} median")

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, ROOT, machine_description, machine_kind, write_json
+from benchmarks.common import RESULTS_DIR, ROOT, cpu_in_words, machine_description, machine_kind, write_json
 
 # Every arm states the settings it varies explicitly, so a row keeps its meaning when the config's
 # defaults move. "worked" is the config as it is (`make train`).
@@ -97,9 +97,8 @@ def _final_metrics(path: Path) -> dict[str, float]:
 
 
 def table(results: list[dict[str, Any]], machine: dict[str, Any], minutes: float) -> str:
-    flags = ", ".join(machine["cpu_flags"]) or "no AVX-512/AMX"
     lines = [
-        f"Measured {time.strftime('%Y-%m-%d')} on {machine['cpu_model']} ({machine['cpu_count']} cores, {flags}), "
+        f"Measured {time.strftime('%Y-%m-%d')} on {cpu_in_words(machine)}, "
         f"torch {machine['torch']}; each arm `sft-lightning fit --config configs/embedded.yaml --budget.minutes {minutes:g}` "
         "with the overrides in `benchmarks/learning.py` (`python -m benchmarks.learning`).",
         "",

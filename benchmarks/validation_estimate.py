@@ -46,7 +46,7 @@ def measure(adapter: str, config: Path, overrides: list[str] | None) -> dict[str
     max_new = module.hparams.max_new_tokens
     sets = data.val_examples
     prompts = [example for examples in sets.values() for example in examples]
-    ending = Ending(module.tokenizer.eos_token_id, module._calculator())
+    ending = Ending(module.tokenizer.eos_token_id, module.completion_hook())
     estimates = {}
     for mode in MODES:
         start = time.perf_counter()

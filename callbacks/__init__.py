@@ -1,6 +1,5 @@
 """Reusable Lightning callbacks (torch + lightning only)."""
 
-from ._precision import active_scaler
-from .gradient_health import GradientHealth, GradientHealthConfigError, NonFiniteTrainingError
+from .gradient_health import GradientHealth, GradientHealthConfigError, NonFiniteTrainingError, TrainingSpikeError, active_scaler
 
-__all__ = ["GradientHealth", "GradientHealthConfigError", "NonFiniteTrainingError", "active_scaler"]
+__all__ = ["GradientHealth", "GradientHealthConfigError", "NonFiniteTrainingError", "TrainingSpikeError", "active_scaler"]

@@ -27,14 +27,17 @@ from typing import Any
 
 import torch
 
+from sft_lightning.batching import left_pad
 from sft_lightning.checkpoint_io import read_checkpoint
 from sft_lightning.models import ModelLoadError
 from sft_lightning.module import SFTModule
 from sft_lightning.precision import base_dtype_for, choose_precision, probe_cpu, slow_precision_warning
-from sft_lightning.predict import Prediction, left_pad, make_predictions
+from sft_lightning.predict import Prediction, make_predictions
 from sft_lightning.prompt import format_prompt
 from sft_lightning.records import DataError
 from sft_lightning.run_files import read_run_config
+from sft_lightning.tasks.base import Task
+from sft_lightning.tasks.from_flags import task_of_run_config
 
 _SOURCE_HINT = "an adapter directory (runs/<name>/version_N/adapter), a .ckpt file or a run directory (runs/<name>/version_N)"
 
@@ -111,6 +114,7 @@ def load_trained(
         )
     hparams["compile"] = False  # a training-only speed-up: generation runs eagerly anyway
     module = SFTModule(**hparams)
+    module.task = _run_task(source, checkpoint)
     module.configure_model()
     if checkpoint is not None:
         module.on_load_checkpoint(checkpoint)  # raises a clear error when the LoRA tensors do not match
@@ -174,8 +178,17 @@ def answer_questions(
         with torch.inference_mode(), autocast_for(precision, device):
             texts = module.generate_texts(prompt_ids.to(device), prompt_mask.to(device))
         indices = range(start, start + len(chunk))
-        rows += make_predictions(indices, chunk, texts, [None] * len(chunk), module.hparams.relative_tolerance)
+        parsed = module.task_in_use().parse(texts).tolist()
+        rows += make_predictions(indices, chunk, texts, [None] * len(chunk), module.hparams.relative_tolerance, parsed)
     return rows
+
+
+def _run_task(source: TrainedSource, checkpoint: dict[str, Any] | None) -> Task:
+    """The task the weights were trained for (its parse and generation hook): from the run's config, else the
+    checkpoint's data-module settings, else the shipped task."""
+    if source.run_dir is not None:
+        return task_of_run_config((read_run_config(source.run_dir) or {}).get("data"))
+    return task_of_run_config((checkpoint or {}).get("datamodule_hyper_parameters"))
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:

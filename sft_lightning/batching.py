@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,18 +69,49 @@ class EvalCollator(TrainCollator):
 
     def __call__(self, examples: Sequence[Example]) -> dict[str, object]:
         batch: dict[str, object] = dict(super().__call__(examples))
-        width = max(len(ex.prompt_ids) for ex in examples)
-        prompt_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
-        prompt_mask = torch.zeros((len(examples), width), dtype=torch.long)
-        for row, ex in enumerate(examples):
-            n = len(ex.prompt_ids)
-            prompt_ids[row, width - n :] = torch.tensor(ex.prompt_ids)
-            prompt_mask[row, width - n :] = 1
-        batch["prompt_ids"] = prompt_ids
-        batch["prompt_mask"] = prompt_mask
+        batch["prompt_ids"], batch["prompt_mask"] = left_pad([ex.prompt_ids for ex in examples], self.pad_token_id)
         batch["expected"] = torch.tensor([ex.answer for ex in examples], dtype=torch.float64)
         batch["questions"] = [ex.question for ex in examples]
         return batch
+
+
+@dataclass(frozen=True)
+class PromptExample:
+    """One tokenised question to answer, with its position in the user's file."""
+
+    index: int
+    prompt_ids: tuple[int, ...]
+    question: str
+    expected: float | None
+
+
+class PredictCollator:
+    """Left-padded prompts (generation continues at the last column) plus what the rows need."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: Sequence[PromptExample]) -> dict[str, Any]:
+        prompt_ids, prompt_mask = left_pad([ex.prompt_ids for ex in examples], self.pad_token_id)
+        return {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "indices": [ex.index for ex in examples],
+            "questions": [ex.question for ex in examples],
+            "expected": [ex.expected for ex in examples],
+        }
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[Tensor, Tensor]:
+    """``(ids, mask)`` with every row right-aligned, as ``greedy_generate`` requires."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
+    return ids, mask
 
 
 class LengthGroupedSampler(Sampler[int]):
@@ -89,6 +120,10 @@ class LengthGroupedSampler(Sampler[int]):
     Per epoch: shuffle, cut into mega-batches of ``batch_size * group_factor``, sort each by
     length, cut into batches, shuffle the full batches (a short one goes last). It yields indices (not batches) so that
     Lightning can still wrap it in a ``DistributedSamplerWrapper`` under DDP.
+
+    Samples left out (a skip list: ``left_out_source``, asked at each epoch's start) are taken out before the
+    shuffle, so an epoch without any is ordered exactly as before; ``left_out`` is the set of the epoch in progress,
+    which a resumed loader pins (``pin_left_out``) so the epoch goes on in the order it started with.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, group_factor: int = 50) -> None:
@@ -100,6 +135,9 @@ class LengthGroupedSampler(Sampler[int]):
         self.group_factor = group_factor
         self.epoch = 0
         self._skip = 0
+        self.left_out_source: Callable[[], Iterable[int]] | None = None
+        self.left_out: frozenset[int] = frozenset()
+        self._pinned: frozenset[int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning's fit loop so every epoch gets a new, reproducible order."""
@@ -114,12 +152,20 @@ class LengthGroupedSampler(Sampler[int]):
             raise ValueError(f"n_indices must be >= 0, got {n_indices}")
         self._skip = n_indices
 
+    def pin_left_out(self, ids: Iterable[int]) -> None:
+        """Leave out exactly ``ids`` in the next ``__iter__`` (a resumed epoch keeps the set it started with)."""
+        self._pinned = frozenset(int(i) for i in ids)
+
     def __len__(self) -> int:
-        return len(self.lengths)
+        return len(self.lengths) - len(self.left_out)
 
     def __iter__(self) -> Iterator[int]:
+        if self._pinned is not None:
+            self.left_out, self._pinned = self._pinned, None
+        elif self.left_out_source is not None:
+            self.left_out = frozenset(i for i in map(int, self.left_out_source()) if 0 <= i < len(self.lengths))
         rng = random.Random(self.seed + self.epoch)
-        order = list(range(len(self.lengths)))
+        order = [i for i in range(len(self.lengths)) if i not in self.left_out]
         rng.shuffle(order)
         group = self.batch_size * self.group_factor
         batches: list[list[int]] = []
@@ -151,13 +197,18 @@ class ResumableDataLoader(DataLoader):
     _yielded: int = 0
     _resume: dict[str, int] | None = None
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self._epoch, "batches": self._yielded}
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"epoch": self._epoch, "batches": self._yielded}
+        if isinstance(self.sampler, LengthGroupedSampler) and self.sampler.left_out:
+            state["left_out"] = sorted(self.sampler.left_out)  # the epoch's skip list, kept on resume
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
+        if state.get("left_out"):
+            self._resume["left_out"] = list(state["left_out"])
 
-    def position(self) -> dict[str, int]:
+    def position(self) -> dict[str, Any]:
         """What a checkpoint saved now would hold, a resume not yet started included (``PromptStop``)."""
         return dict(self._resume) if self._resume is not None else self.state_dict()
 
@@ -173,6 +224,8 @@ class ResumableDataLoader(DataLoader):
         epoch = int(getattr(self.sampler, "epoch", 0))
         resume, self._resume = self._resume, None
         skip = resume["batches"] if resume is not None and resume["epoch"] == epoch else 0
+        if skip and isinstance(self.sampler, LengthGroupedSampler):
+            self.sampler.pin_left_out(resume.get("left_out", ()))
         self._epoch, self._yielded = epoch, skip
         fast = skip and isinstance(self.sampler, LengthGroupedSampler) and self.batch_size is not None
         if fast:

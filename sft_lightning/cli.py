@@ -34,7 +34,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sft_lightning.budget import TimeBudget, find_time_budget
 from sft_lightning.checkpoint_io import AtomicCheckpointIO, find_last_checkpoint, read_checkpoint
-from sft_lightning.data import UNSEEN_VAL_SET, SFTDataModule
+from sft_lightning.data import SFTDataModule
 from sft_lightning.errors import ConfigError
 from sft_lightning.interrupts import PromptStop, SigintAsSigterm
 from sft_lightning.metrics import MAIN_VAL_SET
@@ -204,9 +204,12 @@ class SFTLightningCLI(LightningCLI):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         sets = getattr(self.datamodule, "val_sets", {MAIN_VAL_SET: getattr(self.datamodule, "val_records", [])})
         lines = [f"==== sft-lightning {stage} summary ===="]
-        lines += _accuracy_lines(metrics, {name: len(records) for name, records in sets.items()})
+        generated = getattr(self.datamodule, "generated_val_sets", [])
+        lines += _accuracy_lines(metrics, {name: len(records) for name, records in sets.items()}, generated)
         if "val/loss" in metrics:
             lines.append(f"{'val/loss':<16} {metrics['val/loss']:.4f}")
+        if stage == "fit":
+            lines += _left_out_lines(self.datamodule)
         budget = find_time_budget(trainer)
         if stage == "fit" and budget is not None:
             lines += budget.summary_lines()
@@ -237,9 +240,9 @@ def settle_precision(trainer: Any) -> None:
         warnings.warn(warning, stacklevel=1)
 
 
-def _accuracy_lines(metrics: dict[str, float], sizes: dict[str, int]) -> list[str]:
-    """One line per validation set (accuracy with its 95% interval, answer rate, size), and the generated sets
-    together. The interval says how far a set's accuracy can be trusted, and a budget may have cut the set."""
+def _accuracy_lines(metrics: dict[str, float], sizes: dict[str, int], generated_sets: list[str]) -> list[str]:
+    """One line per validation set (accuracy with its 95% interval, answer rate, size), and the sets the task
+    generated (``generated_sets``) together, when there are several. The interval says how far a set's accuracy can be trusted, and a budget may have cut the set."""
     lines = []
     for name, size in sizes.items():
         if f"{name}/accuracy" in metrics:
@@ -248,11 +251,24 @@ def _accuracy_lines(metrics: dict[str, float], sizes: dict[str, int]) -> list[st
             lines.append(
                 f"{name + '/accuracy':<22} {accuracy:.4f}   (95% CI {low:.3f}-{high:.3f})   answer rate {rate:.4f}   {size} questions"
             )
-    generated = [name for name in (MAIN_VAL_SET, UNSEEN_VAL_SET) if f"{name}/accuracy" in metrics and sizes.get(name)]
-    if len(generated) == 2:
+    generated = [name for name in generated_sets if f"{name}/accuracy" in metrics and sizes.get(name)]
+    if len(generated) >= 2:
         total = sum(sizes[name] for name in generated)
         accuracy = sum(metrics[f"{name}/accuracy"] * sizes[name] for name in generated) / total
         lines.append(f"{'generated, all':<22} {accuracy:.4f}   ({' + '.join(generated)}, {total} questions)")
+    return lines
+
+
+def _left_out_lines(datamodule: Any, shown: int = 5) -> list[str]:
+    """How many training samples a skip list left out, and which (the first ``shown`` named by their records)."""
+    left_out = getattr(datamodule, "left_out_ids", None)
+    ids = left_out() if callable(left_out) else []
+    if not ids:
+        return []
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    lines = [f"{'left out':<16} {len(ids)} training samples (skip list), ids {ids[:shown]}{more}"]
+    describe = getattr(datamodule, "describe_samples", None)
+    lines += [f"{'':<16}   {line}" for line in (describe(ids[:shown]) if callable(describe) else [])]
     return lines
 
 

@@ -18,22 +18,37 @@ from torch import Tensor
 from torch.utils.data import DataLoader, SequentialSampler
 from transformers import PreTrainedTokenizerBase
 
-from sft_lightning.batching import EvalCollator, Example, LengthGroupedSampler, ResumableDataLoader, TrainCollator
+from callbacks.gradient_health.skip_list import read_skip_list
+from sft_lightning.batching import (
+    EvalCollator,
+    Example,
+    LengthGroupedSampler,
+    PredictCollator,
+    PromptExample,
+    ResumableDataLoader,
+    TrainCollator,
+)
 from sft_lightning.errors import check
 from sft_lightning.metrics import MAIN_VAL_SET
 from sft_lightning.models import EMBEDDED, load_tokenizer
-from sft_lightning.predict import PredictCollator, PromptExample
-from sft_lightning.prompt import format_answer, format_prompt
-from sft_lightning.records import DataError, QARecord, Question, holdout_split, load_questions, load_records
-from sft_lightning.unitconv import ConversionQuestion, generate_splits, normalize_question, select_units
+from sft_lightning.prompt import format_prompt
+from sft_lightning.records import DataError, QARecord, Question, load_questions, load_records, normalize_question
+from sft_lightning.tasks.base import Task
+from sft_lightning.tasks.from_flags import task_from_flags
+from sft_lightning.tasks.unit_conversion import UNSEEN_VAL_SET
 
-UNSEEN_VAL_SET = "val_unseen"
+__all__ = ["UNSEEN_VAL_SET", "SFTDataModule"]  # UNSEEN_VAL_SET: importable from here as before
 
 
 class SFTDataModule(L.LightningDataModule):
-    """Unit-conversion questions from the built-in generator, or the user's own files.
+    """A task's questions as batches: training, one loader per validation set, and questions to predict.
+
+    What is asked and how answers are read is the task's (``data.task``, ``sft_lightning.tasks``); this module
+    tokenises, batches, decontaminates and names the samples of a bad step.
 
     Args:
+        task: the task (``class_path``/``init_args`` in YAML). None: the task the flags below describe, the
+            generated unit-conversion task without ``train_file``, ``NumericFile`` with it.
         train_file: ``.json`` list of ``[question, answer]`` pairs or ``.jsonl`` with
             ``question``/``answer`` fields. None uses the generator.
         val_file: same formats; None holds out the last ``val_size`` records of ``train_file``
@@ -42,14 +57,14 @@ class SFTDataModule(L.LightningDataModule):
         unseen_val_size: questions in the generated ``val_unseen`` set, phrased only with templates and
             unit spellings held out of training (generator only; 0: none).
         answer_format: ``worked`` trains on generated answers written out as ``1 ft = 0.305 m;
-            6×0.305=<answer>1.83</answer>`` (see ``sft_lightning.worked``), ``bare`` on the tag alone.
+            6×0.305=<answer>1.83</answer>`` (see ``tasks/unit_conversion/worked.py``), ``bare`` on the tag alone.
             Questions from ``train_file`` always train on the bare tag.
         extra_val_files: more validation sets, ``{name: file}`` (same formats as ``val_file``); each
             is scored on its own and logged as ``name/accuracy`` and ``name/answer_rate``.
         allow_conflicting_answers: a file that asks the same question twice with different answers is
             an error naming both records; true trains on both, with a warning.
         seed: generator seed and shuffling seed.
-        families / units: restrict the generator (see ``sft_lightning.unitconv``).
+        families / units: restrict the generator (see ``tasks/unit_conversion/generator.py``).
         batch_size / eval_batch_size: training and validation batch sizes.
         max_length: longest prompt+answer in tokens; a longer record is an error, never cut.
         significant_digits: digits kept in written answers (relative precision, so 0.000123
@@ -58,10 +73,14 @@ class SFTDataModule(L.LightningDataModule):
             ``model.model`` by the CLI) and the model cache directory.
         predict_file: questions for ``sft-lightning predict``: ``.txt`` (one per line), ``.json``
             or ``.jsonl`` (answers optional; given answers are scored).
+        skip_list: a ``skip_list.json`` written by GradientHealth in an earlier run (or a JSON list of sample ids):
+            those training samples are left out. Samples the callback names during this fit are left out from the
+            next epoch on, and after ``fit --ckpt_path last`` (the checkpoint keeps the list); see ``left_out_ids``.
     """
 
     def __init__(
         self,
+        task: Task | None = None,
         train_file: str | None = None,
         val_file: str | None = None,
         train_size: int = 2000,
@@ -81,27 +100,28 @@ class SFTDataModule(L.LightningDataModule):
         tokenizer: str = EMBEDDED,
         cache_dir: str | None = None,
         predict_file: str | None = None,
+        skip_list: str | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             check(value >= 1, f"data.{name}", value, ">= 1")
         check(max_length >= 2, "data.max_length", max_length, ">= 2 tokens", "use e.g. 128")
         check(1 <= significant_digits <= 15, "data.significant_digits", significant_digits, "in [1, 15]", "use 3 or 4")
-        check(unseen_val_size >= 0, "data.unseen_val_size", unseen_val_size, ">= 0")
         check(num_workers >= 0, "data.num_workers", num_workers, ">= 0")
-        if train_file is None:
-            check(train_size >= 1, "data.train_size", train_size, ">= 1")
-            check(val_size >= 1, "data.val_size", val_size, ">= 1")
         self.save_hyperparameters()
-        self.train_records, self.val_sets = self._read_records(
-            train_file, val_file, train_size, val_size, unseen_val_size, seed, families, units
-        )
+        flags = dict(train_file=train_file, val_file=val_file, train_size=train_size, val_size=val_size,
+                     unseen_val_size=unseen_val_size, answer_format=answer_format, families=families, units=units)
+        self.task = task_from_flags(task, allow_conflicting_answers, **flags)
+        data = self.task.load(seed, significant_digits)
+        self.train_records, self.val_sets, self._resizable = data.train, data.val_sets, data.resizable
+        self._first_index = data.first_index
         for name, path in (extra_val_files or {}).items():
             self.val_sets[_checked_set_name(name, self.val_sets)] = self._load(f"data.extra_val_files.{name}", path)
-        if train_file is None:
-            # decontaminate: a generated question that a validation set also asks (short ones like
-            # "1 TB to GB" are written the same way by anyone) would score memory, not skill
+        if self._resizable:
+            # decontaminate generated training data: a generated question that a validation set also asks (short
+            # ones like "1 TB to GB" are written the same way by anyone) would score memory, not skill
             self.train_records = _without_questions_in(self.train_records, self.val_sets.values())
+        self.given_left_out = _read_skip_list(skip_list) if skip_list else []
         # Read now, like the training data: a bad questions file fails before any model loads.
         self.predict_questions: list[Question] = []
         if predict_file:
@@ -124,12 +144,9 @@ class SFTDataModule(L.LightningDataModule):
 
     @property
     def generated_val_sets(self) -> list[str]:
-        """The validation sets drawn from the generator: a time budget may cut these (``limit_val_sets``),
-        never the hand-written set or the user's files."""
-        if self.hparams.train_file is not None:
-            return []
-        generated = [UNSEEN_VAL_SET] + ([] if self.hparams.val_file else [MAIN_VAL_SET])
-        return [name for name in self.val_sets if name in generated]
+        """The validation sets the task drew at random (``TaskData.resizable``): a time budget may cut these
+        (``limit_val_sets``), never the hand-written set or the user's files."""
+        return [name for name in self.val_sets if name in self._resizable]
 
     def limit_val_sets(self, sizes: dict[str, int]) -> None:
         """Keep the first ``sizes[name]`` questions of each validation set (generated sets are already in
@@ -149,46 +166,9 @@ class SFTDataModule(L.LightningDataModule):
         assert self.tokenizer is not None
         return EvalCollator(self.tokenizer.pad_token_id)
 
-    def _read_records(
-        self,
-        train_file: str | None,
-        val_file: str | None,
-        train_size: int,
-        val_size: int,
-        unseen_val_size: int,
-        seed: int,
-        families: Sequence[str] | None,
-        units: dict[str, list[str]] | None,
-    ) -> tuple[list[QARecord], dict[str, list[QARecord]]]:
-        if train_file is None:
-            with _about("data.families", ValueError):
-                select_units(families, None)
-            with _about("data.units", ValueError):
-                select_units(None, units)
-            try:
-                splits = generate_splits(train_size, val_size, seed, families=families, units=units, n_unseen=unseen_val_size)
-            except ValueError as exc:  # unknown unit/family, or more questions than the units allow
-                raise DataError(f"data.train_size/val_size/unseen_val_size: {exc}") from None
-            sets = {MAIN_VAL_SET: self._load("data.val_file", val_file) if val_file else self._generated(splits.val)}
-            if splits.val_unseen:
-                sets[UNSEEN_VAL_SET] = self._generated(splits.val_unseen)
-            return self._generated(splits.train), sets
-        train = self._load("data.train_file", train_file)
-        if val_file is not None:
-            return train, {MAIN_VAL_SET: self._load("data.val_file", val_file)}
-        train, val = holdout_split(train, val_size)
-        return train, {MAIN_VAL_SET: val}
-
     def _load(self, key: str, path: str) -> list[QARecord]:
         with _about(key):
             return load_records(path, allow_conflicts=self.hparams.allow_conflicting_answers)
-
-    def _generated(self, questions: Sequence[ConversionQuestion]) -> list[QARecord]:
-        """Records of generated questions, with the worked target when ``answer_format`` is ``worked``."""
-        digits = self.hparams.significant_digits
-        if self.hparams.answer_format == "bare":
-            return [QARecord(q.question, q.answer) for q in questions]
-        return [QARecord(q.question, q.answer, format_answer(q.worked_value, digits, q.working)) for q in questions]
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
@@ -199,17 +179,9 @@ class SFTDataModule(L.LightningDataModule):
         hp = self.hparams
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(hp.tokenizer, hp.cache_dir)
-        self.train_examples = self._tokenize(self.train_records, hp.train_file or "generated training set")
-        # Held-out validation records are the tail of train_file: number them as in the file.
-        held_out = hp.train_file is not None and hp.val_file is None
-        sources = {MAIN_VAL_SET: hp.val_file or hp.train_file, **(hp.extra_val_files or {})}
+        self.train_examples = self._tokenize(self.train_records, "training set")
         self.val_examples = {
-            name: self._tokenize(
-                records,
-                sources.get(name) or f"generated {name} set",
-                first_index=len(self.train_records) if held_out and name == MAIN_VAL_SET else 0,
-            )
-            for name, records in self.val_sets.items()
+            name: self._tokenize(records, f"{name} set", self._first_index.get(name, 0)) for name, records in self.val_sets.items()
         }
 
     def _tokenize(self, records: Sequence[QARecord], source: str, first_index: int = 0) -> list[Example]:
@@ -220,15 +192,13 @@ class SFTDataModule(L.LightningDataModule):
         if eos is None:
             raise DataError(f"tokenizer of '{hp.tokenizer}' has no EOS token, so answers could not end. Fix: use a model with one.")
         prompts = self.tokenizer([format_prompt(r.question) for r in records], add_special_tokens=False)["input_ids"]
-        answers = self.tokenizer(
-            [r.target or format_answer(r.answer, hp.significant_digits) for r in records], add_special_tokens=False
-        )["input_ids"]
+        answers = self.tokenizer([self.task.target(r, hp.significant_digits) for r in records], add_special_tokens=False)["input_ids"]
         examples = []
         for index, (record, p_ids, a_ids) in enumerate(zip(records, prompts, answers)):
             a_ids = [*a_ids, eos]
             if len(p_ids) + len(a_ids) > hp.max_length:
                 raise DataError(
-                    f"{source}: record {first_index + index} needs {len(p_ids)} prompt + {len(a_ids)} answer tokens, more than "
+                    f"{record.origin or f'{source}: record {first_index + index}'} needs {len(p_ids)} prompt + {len(a_ids)} answer tokens, more than "
                     f"data.max_length={hp.max_length}, so its answer would be truncated and nothing supervised. "
                     f"Question starts: {record.question[:60]!r}. Fix: shorten the question or raise --data.max_length."
                 )
@@ -249,18 +219,24 @@ class SFTDataModule(L.LightningDataModule):
         if not 0 <= sample_id < len(records):
             return f"sample {sample_id}: not in the training set (it has {len(records)} records)"
         record = records[sample_id]
-        if record.origin is not None:
-            where = record.origin
-        elif self.hparams.train_file is None:
-            where = f"generated training record {sample_id} (seed {self.hparams.seed})"
-        else:
-            where = f"training record {sample_id}"
-        return f"{where}: {_quoted(record.question)} -> {record.answer:.12g}"
+        return f"{self.task.describe(sample_id, record)}: {_quoted(record.question)} -> {record.answer:.12g}"
+
+    def left_out_ids(self) -> list[int]:
+        """Training samples left out: ``skip_list``'s, then those the trainer's callbacks named (``GradientHealth``'s
+        ``skipped_sample_ids``, restored from the checkpoint on resume), in that order, each once."""
+        trainer = getattr(self, "trainer", None)
+        named = [i for cb in getattr(trainer, "callbacks", None) or [] for i in getattr(cb, "skipped_sample_ids", ())]
+        return list(dict.fromkeys(int(i) for i in [*self.given_left_out, *named] if 0 <= int(i) < len(self.train_records)))
 
     def train_dataloader(self) -> DataLoader:
         self._require_setup()
         assert self.tokenizer is not None
         sampler = LengthGroupedSampler([len(ex) for ex in self.train_examples], self.hparams.batch_size, self.hparams.seed)
+        sampler.left_out = frozenset(self.left_out_ids())
+        if getattr(getattr(self, "trainer", None), "world_size", 1) == 1:
+            # each epoch asks again; under DDP the set stays as the loader was built (ranks must agree on the
+            # order, and the distributed wrapper fixed its length), and newly named samples wait for the resume
+            sampler.left_out_source = self.left_out_ids
         # Resumable: `fit --ckpt_path` after a mid-epoch stop continues with the very next batch.
         return ResumableDataLoader(
             self.train_examples,
@@ -334,6 +310,16 @@ def _without_questions_in(records: list[QARecord], sets: Iterable[list[QARecord]
     if len(kept) < len(records):
         rank_zero_info(f"generated training set: left out {len(records) - len(kept)} questions that a validation set asks too")
     return kept
+
+
+def _read_skip_list(path: str) -> list[int]:
+    """The sample ids of ``data.skip_list``, or one DataError naming the file and the fix."""
+    try:
+        return read_skip_list(path)
+    except FileNotFoundError:
+        raise DataError(f"data.skip_list: {path} does not exist. Fix: pass the skip_list.json of a run directory.") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"data.skip_list: {exc}. Fix: pass the skip_list.json that GradientHealth wrote.") from None
 
 
 def _quoted(question: str, limit: int = 120) -> str:

@@ -8,7 +8,7 @@ differ in length; decoding every row to the batch's longest would waste most of 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +32,7 @@ def greedy_generate(
     ``input_ids`` must be LEFT-padded: the next token of every row is then at the last column.
     Position ids come from the attention mask, so padding does not shift a row's positions.
     ``forced``, given the tokens a row has generated so far, may return tokens to write next in
-    place of the model's own (``sft_lightning.calculator``). Forced tokens that end with EOS are
+    place of the model's own (a ``CompletionHook``: the task's ``completion``, e.g. the calculator). Forced tokens that end with EOS are
     the row's whole remaining output: they are written at once and the row stops there, since no
     later step could change them; other forced tokens go through the model one per step, so the
     cache stays consistent. ``stop_lengths`` ends each row after that many tokens whatever it
@@ -145,3 +145,32 @@ def next_token(head: nn.Module, hidden: Tensor) -> Tensor:
     row and copies it, most of a validation batch's time (docs/performance.md, the profiles).
     """
     return head(hidden[:, -1].contiguous()).max(dim=-1).indices
+
+
+class CompletionHook:
+    """``greedy_generate``'s ``forced`` hook for a task's ``completion``: the text a row has so far (decoded with
+    ``decode``) goes to ``completion``; what it returns is encoded with ``encode`` and ended with EOS.
+
+    ``trigger``: when set, only a step whose last token's text ends with it is decoded in full (the
+    calculator's set-up ends with ``>``), so most steps cost one single-token decode.
+    """
+
+    def __init__(
+        self,
+        completion: Callable[[str], str | None],
+        decode: Callable[[Sequence[int]], str],
+        encode: Callable[[str], list[int]],
+        eos_token_id: int,
+        trigger: str | None = None,
+    ) -> None:
+        self.completion = completion
+        self.decode = decode
+        self.encode = encode
+        self.eos_token_id = eos_token_id
+        self.trigger = trigger
+
+    def __call__(self, generated: Sequence[int]) -> list[int] | None:
+        if not generated or (self.trigger and not self.decode(generated[-1:]).endswith(self.trigger)):
+            return None
+        rest = self.completion(self.decode(generated))
+        return None if rest is None else [*self.encode(rest), self.eos_token_id]

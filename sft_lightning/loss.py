@@ -5,12 +5,14 @@ Two things make it cheaper and safer than ``model(..., labels=...)``:
   that have a label, not on the prompt and the padding;
 - logits are upcast to fp32 before the softmax, so fp16/bf16 autocast never computes the
   log-sum-exp of a 49k-way distribution in half precision.
-It returns the *sum* and the token count; the caller decides how to normalise (per batch, or
-per accumulation window), so no normalisation choice is hidden in here. ``per_sample_loss`` is
-the same loss kept apart per row, for diagnosing a bad batch.
+``supervised_loss_sum`` returns the *sum* and the token count; ``WindowTokenMean`` turns them into
+the mean over the supervised tokens of a whole accumulation window (across ranks under DDP).
+``per_sample_loss`` is the same loss kept apart per row, for diagnosing a bad batch.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -58,3 +60,40 @@ def _supervised_logits(
     supervised = targets != IGNORE_INDEX
     logits = head(hidden[:, :-1][supervised]).float()
     return logits, targets[supervised], supervised
+
+
+class WindowTokenMean:
+    """The loss as a mean over the supervised tokens of a whole accumulation window, not per micro-batch.
+
+    A micro-batch's returned loss is its sum over a fixed reference count (the first batch's), which keeps
+    magnitudes, and any loss scaler, as usual; once the window is complete its true token count is known
+    and the summed gradients are rescaled once (``rescale_gradients``). Micro-batches with different token
+    counts are then weighted exactly as one big batch would be. The reference count is saved with a
+    checkpoint, so a resumed run rounds exactly like an uninterrupted one.
+    """
+
+    def __init__(self) -> None:
+        self.reference_tokens: Tensor | None = None
+        self._window_tokens: Tensor = torch.zeros((), dtype=torch.long)
+
+    def loss(self, loss_sum: Tensor, n_tokens: Tensor) -> Tensor:
+        """What ``training_step`` returns for one micro-batch; counts its tokens into the window."""
+        if self.reference_tokens is None:
+            self.reference_tokens = n_tokens.detach().clamp(min=1).float()
+        self._window_tokens = self._window_tokens.to(n_tokens.device) + n_tokens.detach()
+        return loss_sum / self.reference_tokens
+
+    def rescale_gradients(
+        self, parameters: Iterable[nn.Parameter], micro_batches: int, world_size: int, sum_over_ranks: Callable[[Tensor], Tensor]
+    ) -> None:
+        """At the end of a window: gradients of the window's token mean (DDP averaged over ranks: count globally)."""
+        assert self.reference_tokens is not None, "rescale_gradients before any loss of the window"
+        window_tokens = self._window_tokens.float()
+        scale = self.reference_tokens * micro_batches
+        if world_size > 1:
+            window_tokens = sum_over_ranks(window_tokens)
+            scale = scale * world_size
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, scale / window_tokens)
+        self._window_tokens = torch.zeros((), dtype=torch.long, device=window_tokens.device)

@@ -14,11 +14,12 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from sft_lightning.prompt import ANSWER_CLOSE, ANSWER_OPEN
+
 MAIN_VAL_SET = "val"  # the validation set whose metrics are val/loss, val/accuracy, val/answer_rate
 
 _NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d*)?|\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_TAG = "<answer>"
-_VALUE_RE = re.compile(r"\s*(" + _NUMBER + r")\s*(?:</answer>|$|\s)")
+_VALUE_RE = re.compile(r"\s*(" + _NUMBER + r")\s*(?:" + re.escape(ANSWER_CLOSE) + r"|$|\s)")
 
 
 def parse_answer(text: str) -> float | None:
@@ -27,10 +28,10 @@ def parse_answer(text: str) -> float | None:
     The closing tag may be missing only at the very end (generation cut at max_new_tokens).
     Thousands separators are accepted; non-finite values are rejected.
     """
-    start = text.find(_TAG)
+    start = text.find(ANSWER_OPEN)
     if start < 0:
         return None
-    match = _VALUE_RE.match(text, start + len(_TAG))
+    match = _VALUE_RE.match(text, start + len(ANSWER_OPEN))
     if match is None:
         return None
     try:

@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -27,21 +26,21 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
-from callbacks import active_scaler
 from sft_lightning.anatomy import top_layers
 from sft_lightning.budget import find_time_budget
-from sft_lightning.calculator import CalculatorHook
 from sft_lightning.compile import compile_decoder_layers, compile_pays, eager
 from sft_lightning.errors import check, check_directory, finite
 from sft_lightning.export import export_adapter
-from sft_lightning.generation import greedy_generate
-from sft_lightning.loss import per_sample_loss, supervised_loss_sum
+from sft_lightning.generation import CompletionHook, greedy_generate
+from sft_lightning.loss import WindowTokenMean, per_sample_loss, supervised_loss_sum
 from sft_lightning.merged_lora import merged_lora_weights
-from sft_lightning.metrics import MAIN_VAL_SET, AnswerMetrics, parse_answers
+from sft_lightning.metrics import MAIN_VAL_SET, AnswerMetrics
 from sft_lightning.models import EMBEDDED, ModelLoadError, load_model, load_tokenizer
+from sft_lightning.optim import clip_fused, fused_adamw_ok
 from sft_lightning.precision import base_dtype_for
 from sft_lightning.predict import Prediction, make_predictions
 from sft_lightning.schedule import lr_factor
+from sft_lightning.tasks.base import Task
 from sft_lightning.throughput import TokenThroughput
 from sft_lightning.validation_timing import Ending, plan_final_validation
 
@@ -74,8 +73,9 @@ class SFTModule(L.LightningModule):
         warmup_ratio / min_lr_ratio: linear warmup over this share of steps, then cosine decay
             to ``min_lr_ratio * learning_rate``.
         max_new_tokens: generation budget per validation question.
-        calculator: when a generated worked answer sets a calculation up (``6×0.305=<answer>``), write
-            its exact value (``sft_lightning.calculator``); false measures the model's own arithmetic.
+        calculator: let the task's generation hook write what it knows exactly; for unit conversion, when a worked
+            answer sets a calculation up (``6×0.305=<answer>``), its exact value (``tasks/unit_conversion/calculator.py``).
+            False measures the model's own arithmetic.
         merge_lora_for_generation: fold the LoRA update into a temporary copy of the weights while
             generating (``sft_lightning.merged_lora``): the same answers up to bf16 rounding, faster
             decoding; the training weights are untouched.
@@ -141,8 +141,8 @@ class SFTModule(L.LightningModule):
         # one entry per validation set, created when the set is first met (sets come from the data)
         self.val_metrics = torch.nn.ModuleDict({MAIN_VAL_SET: AnswerMetrics(relative_tolerance)})
         self._samples: list[dict[str, Any]] = []
-        self._reference_tokens: Tensor | None = None
-        self._window_tokens: Tensor = torch.zeros((), dtype=torch.long)
+        self.task: Task | None = None  # without a data module (``ask``): the run's task, set by ``load_trained``
+        self._window_mean = WindowTokenMean()
         self._window_complete = False
         self._throughput = TokenThroughput()
 
@@ -209,16 +209,8 @@ class SFTModule(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss_sum, n_tokens = supervised_loss_sum(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         self.log("train/loss", loss_sum / n_tokens, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        # Normalise by the supervised tokens of the whole accumulation window, not per micro-batch:
-        # the returned loss uses a fixed reference count (keeps magnitudes, and any loss scaler,
-        # as usual), and on_after_backward rescales the summed gradients once the window's
-        # true count is known. Micro-batches with different token counts are then weighted
-        # exactly as one big batch would be.
-        if self._reference_tokens is None:
-            self._reference_tokens = n_tokens.detach().clamp(min=1).float()
-        self._window_tokens = self._window_tokens + n_tokens.detach()
         self._window_complete = self._ends_accumulation_window(batch_idx)
-        return loss_sum / self._reference_tokens
+        return self._window_mean.loss(loss_sum, n_tokens)  # on_after_backward completes the window's mean
 
     @torch.no_grad()
     def per_sample_loss(self, batch: dict[str, Tensor]) -> Tensor:
@@ -234,15 +226,12 @@ class SFTModule(L.LightningModule):
     def on_after_backward(self) -> None:
         if not self._window_complete:
             return
-        window_tokens = self._window_tokens.float()
-        scale = self._reference_tokens * self.trainer.accumulate_grad_batches
-        if self.trainer.world_size > 1:  # DDP averaged the gradients over ranks; count globally
-            window_tokens = self.trainer.strategy.reduce(window_tokens, reduce_op="sum")
-            scale = scale * self.trainer.world_size
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads:
-            torch._foreach_mul_(grads, scale / window_tokens)
-        self._window_tokens = torch.zeros((), dtype=torch.long, device=self.device)
+        self._window_mean.rescale_gradients(
+            self.parameters(),
+            self.trainer.accumulate_grad_batches,
+            self.trainer.world_size,
+            lambda tokens: self.trainer.strategy.reduce(tokens, reduce_op="sum"),
+        )
 
     def _ends_accumulation_window(self, batch_idx: int) -> bool:
         """Same rule as Lightning's training loop: every N micro-batches, and at the epoch's end."""
@@ -298,37 +287,15 @@ class SFTModule(L.LightningModule):
         return lambda step: step / total
 
     def _fused_adamw_ok(self, params: list[Tensor]) -> bool:
-        """Fused AdamW: one kernel per step instead of a per-tensor loop (measured in
-        docs/performance.md). Not under a GradScaler: a fused optimiser unscales inside ``step()``, and
-        Lightning then refuses gradient clipping (the default config clips at 1.0 under ``16-mixed``). Only on
-        single-device and DDP strategies, whose gradients are whole and already reduced when
-        ``configure_gradient_clipping`` clips them; sharded strategies keep Lightning's own clipping."""
-        if active_scaler(self.trainer.precision_plugin) is not None:  # the rule GradientHealth uses too
-            return False
-        strategy = self.trainer.strategy
-        if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) or isinstance(strategy, DeepSpeedStrategy):
-            return False  # DeepSpeedStrategy subclasses DDPStrategy but owns the optimiser and the clipping
-        # fp32 (master) weights only, the layout configure_model builds. Under '16-true'/'bf16-true' the LoRA weights
-        # are converted to 16 bits, and there torch's default AdamW keeps its documented failure (eps=1e-8
-        # underflows to 0 in fp16: NaN weights after one step) for GradientHealth to report - the fused kernel
-        # would hide it by computing in fp32, while the run still rounds every update to 16 bits.
-        devices = {p.device.type for p in params}
-        return bool(params) and devices <= {"cpu", "cuda"} and all(p.dtype == torch.float32 for p in params)
+        """Whether this trainer's AdamW may be the fused kernel (``sft_lightning.optim.fused_adamw_ok``)."""
+        return fused_adamw_ok(self.trainer, params)
 
     def configure_gradient_clipping(
         self, optimizer: Optimizer, gradient_clip_val: int | float | None = None, gradient_clip_algorithm: str | None = None
     ) -> None:
-        """Clip the fused AdamW's gradients ourselves: Lightning's mixed-precision plugin refuses to clip for any
-        fused optimiser, because under a GradScaler such an optimiser unscales inside ``step()``. Fused is only
-        chosen without a scaler (``_fused_adamw_ok``), so the gradients here are already at their true scale."""
-        if gradient_clip_val and getattr(optimizer, "_step_supports_amp_scaling", False):
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            if gradient_clip_algorithm == "value":
-                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
-            else:
-                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
-            return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        """Lightning's clipping, except for the fused AdamW, which Lightning refuses to clip (``optim.clip_fused``)."""
+        if not clip_fused(optimizer, gradient_clip_val, gradient_clip_algorithm):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------------------ validation
     @eager()
@@ -339,7 +306,7 @@ class SFTModule(L.LightningModule):
                 loss_sum, n_tokens = supervised_loss_sum(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
                 self.val_loss.update(loss_sum / n_tokens, weight=n_tokens)
             texts = self.generate_texts(batch["prompt_ids"], batch["prompt_mask"])  # (nested merge: a no-op)
-        preds = parse_answers(texts)
+        preds = self.task_in_use().parse(texts)
         if name not in self.val_metrics:
             self.val_metrics[name] = AnswerMetrics(self.hparams.relative_tolerance).to(self.device)
         self.val_metrics[name].update(preds, batch["expected"])
@@ -384,8 +351,9 @@ class SFTModule(L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:
         """Answers for a batch of questions (``sft-lightning predict``), parsed like validation."""
         texts = self.generate_texts(batch["prompt_ids"], batch["prompt_mask"])
+        parsed = self.task_in_use().parse(texts).tolist()
         return make_predictions(
-            batch["indices"], batch["questions"], texts, batch["expected"], self.hparams.relative_tolerance
+            batch["indices"], batch["questions"], texts, batch["expected"], self.hparams.relative_tolerance, parsed
         )
 
     def estimate_validation_seconds(self, max_seconds: float | None = None) -> float | None:
@@ -401,7 +369,7 @@ class SFTModule(L.LightningModule):
         if self.model is None or self.tokenizer is None or not hasattr(datamodule, "limit_val_sets"):
             return None
         contexts = (torch.no_grad(), self._trainer.precision_plugin.val_step_context(), eager(), self._generation_weights())
-        ending = Ending(self.tokenizer.eos_token_id, self._calculator())
+        ending = Ending(self.tokenizer.eos_token_id, self.completion_hook())
         trained = self.global_step > 0  # then timed as it answers now (see validation_timing)
         return plan_final_validation(self.model, datamodule, ending, self.hparams.max_new_tokens, contexts, max_seconds, trained)
 
@@ -410,19 +378,29 @@ class SFTModule(L.LightningModule):
         assert self.tokenizer is not None
         with eager(), self._generation_weights():
             new_ids = greedy_generate(
-                self.model, prompt_ids, prompt_mask, self.hparams.max_new_tokens, self.tokenizer.eos_token_id, forced=self._calculator()
+                self.model, prompt_ids, prompt_mask, self.hparams.max_new_tokens, self.tokenizer.eos_token_id, forced=self.completion_hook()
             )
         return self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
 
-    def _calculator(self) -> CalculatorHook | None:
-        """The forced-continuation hook of the calculator (``model.calculator``), or None."""
-        if not self.hparams.calculator:
+    def task_in_use(self) -> Task:
+        """The task whose answers are generated and parsed: the data module's (``data.task``), else the one
+        ``task`` was set to (``load_trained`` sets the run's), else the protocol's defaults (the answer tag)."""
+        datamodule = getattr(self._trainer, "datamodule", None)
+        return getattr(datamodule, "task", None) or self.task or Task()
+
+    def completion_hook(self) -> CompletionHook | None:
+        """Generation's forced-continuation hook: the task's ``completion`` (the unit-conversion task's calculator)
+        while ``model.calculator`` is on and the task has one; None otherwise."""
+        task = self.task_in_use()
+        if not self.hparams.calculator or not task.has_completion:
             return None
         tokenizer = self.tokenizer
-        return CalculatorHook(
+        return CompletionHook(
+            task.completion,
             decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
             encode=lambda text: tokenizer(text, add_special_tokens=False)["input_ids"],
             eos_token_id=tokenizer.eos_token_id,
+            trigger=task.completion_trigger,
         )
 
     def _generation_weights(self) -> contextlib.AbstractContextManager:
@@ -434,12 +412,12 @@ class SFTModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = self.trainable_parameter_names()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        if self._reference_tokens is not None:  # so a resumed run rounds exactly like an uninterrupted one
-            checkpoint["sft_reference_tokens"] = float(self._reference_tokens)
+        if self._window_mean.reference_tokens is not None:  # a resumed run rounds like an uninterrupted one
+            checkpoint["sft_reference_tokens"] = float(self._window_mean.reference_tokens)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "sft_reference_tokens" in checkpoint:
-            self._reference_tokens = torch.tensor(checkpoint["sft_reference_tokens"], device=self.device)
+            self._window_mean.reference_tokens = torch.tensor(checkpoint["sft_reference_tokens"], device=self.device)
         missing = self.trainable_parameter_names() - set(checkpoint.get("state_dict", {}))
         if self.model is not None and missing:
             raise ModelLoadError(

@@ -19,23 +19,12 @@ from typing import Any, TextIO
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
-from torch import Tensor
 
 from sft_lightning.atomic import atomic_file
 from sft_lightning.metrics import AnswerAccuracy, parse_answer
 
 PREDICTIONS_FILE = "predictions.jsonl"
 TABLE_ROWS = 20  # rows printed; the file holds all of them
-
-
-@dataclass(frozen=True)
-class PromptExample:
-    """One tokenised question to answer, with its position in the user's file."""
-
-    index: int
-    prompt_ids: tuple[int, ...]
-    question: str
-    expected: float | None
 
 
 @dataclass  # not frozen: Lightning's apply_to_collection rebuilds predict_step outputs
@@ -48,35 +37,6 @@ class Prediction:
     parsed: float | None
     expected: float | None = None
     correct: bool | None = None
-
-
-class PredictCollator:
-    """Left-padded prompts (generation continues at the last column) plus what the rows need."""
-
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, examples: Sequence[PromptExample]) -> dict[str, Any]:
-        prompt_ids, prompt_mask = left_pad([ex.prompt_ids for ex in examples], self.pad_token_id)
-        return {
-            "prompt_ids": prompt_ids,
-            "prompt_mask": prompt_mask,
-            "indices": [ex.index for ex in examples],
-            "questions": [ex.question for ex in examples],
-            "expected": [ex.expected for ex in examples],
-        }
-
-
-def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[Tensor, Tensor]:
-    """``(ids, mask)`` with every row right-aligned, as ``greedy_generate`` requires."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            ids[row, width - len(seq) :] = torch.tensor(seq)
-            mask[row, width - len(seq) :] = 1
-    return ids, mask
 
 
 def answer_is_correct(parsed: float | None, expected: float, relative_tolerance: float) -> bool:
@@ -92,11 +52,15 @@ def make_predictions(
     outputs: Sequence[str],
     expected: Sequence[float | None],
     relative_tolerance: float,
+    parsed_values: Sequence[float] | None = None,
 ) -> list[Prediction]:
-    """Rows for one batch: parse every output; score it when the file gave an answer."""
+    """Rows for one batch: the task's parse of every output (``parsed_values``, NaN for none; by default the
+    ``<answer>`` tag); scored when the file gave an answer."""
     rows = []
-    for index, question, text, target in zip(indices, questions, outputs, expected):
-        parsed = parse_answer(text)
+    if parsed_values is None:
+        parsed_values = [math.nan if (v := parse_answer(t)) is None else v for t in outputs]
+    for index, question, text, target, value in zip(indices, questions, outputs, expected, parsed_values):
+        parsed = None if math.isnan(value) else float(value)
         correct = None if target is None else answer_is_correct(parsed, target, relative_tolerance)
         rows.append(Prediction(index, question, text, parsed, target, correct))
     return rows

@@ -29,7 +29,7 @@ def format_prompt(question: str) -> str:
 def format_answer(value: float, significant_digits: int = 4, working: str = "") -> str:
     """The supervised target (EOS is appended as a token id by the data module).
 
-    ``working`` is written before the tag (a worked answer, ``sft_lightning.worked``); the number
+    ``working`` is written before the tag (a worked answer, ``sft_lightning.tasks.unit_conversion.worked``); the number
     the metrics parse is always the one inside ``<answer>``.
     """
     return f"{working}{ANSWER_OPEN}{format_number(value, significant_digits)}{ANSWER_CLOSE}"

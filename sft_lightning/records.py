@@ -34,6 +34,11 @@ class QARecord:
     origin: str | None = field(default=None, compare=False)
 
 
+def normalize_question(text: str) -> str:
+    """Key used for de-duplication: case, spacing and final punctuation ignored."""
+    return " ".join(text.casefold().split()).rstrip(".?! ")
+
+
 def load_records(path: str | Path, allow_conflicts: bool = False) -> list[QARecord]:
     """Records from a ``.json`` list of ``[question, answer]`` pairs or a ``.jsonl`` file of
     ``{"question": ..., "answer": ...}`` objects (one per line).

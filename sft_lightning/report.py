@@ -25,10 +25,9 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
+from callbacks.gradient_health.keys import KEY_GRAD_NORM, KEY_ROLLED_BACK, KEY_SKIPPED  # noqa: E402
 from sft_lightning.atomic import atomic_file  # noqa: E402
 from sft_lightning.run_files import (  # noqa: E402
-    ROLLED_BACK_KEY,
-    SKIPPED_KEY,
     Mark,
     RunDirError,
     clip_threshold,
@@ -76,10 +75,10 @@ def build_figure(run: RunData) -> Figure:
     _plot(loss, m.get("val/loss"), "val/loss", "o-")
     loss.set_ylabel("cross-entropy per answer token")
 
-    _plot(grad, m.get("grad_health/grad_norm"), "grad norm (max per log interval)", "-")
+    _plot(grad, m.get(KEY_GRAD_NORM), "grad norm (max per log interval)", "-")
     if run.clip is not None:
         grad.axhline(run.clip, color="tab:orange", linestyle="--", linewidth=1.2, label=f"clip threshold {run.clip:g}")
-    if _positive(m.get("grad_health/grad_norm")):
+    if _positive(m.get(KEY_GRAD_NORM)):
         grad.set_yscale("log")  # a spike of 1e3 and the usual 0.5 stay readable together
         grad.yaxis.set_major_formatter(_LOG_LABELS)
         grad.yaxis.set_minor_formatter(_LOG_LABELS)
@@ -123,7 +122,7 @@ def summary_lines(run: RunData, png: Path | None = None) -> list[str]:
     for key in ("train/loss", "val/loss"):
         if series := m.get(key):
             lines.append(f"{'final ' + key:<18} {series[-1][1]:.4f} at step {series[-1][0]}")
-    if norms := [v for _, v in m.get("grad_health/grad_norm", []) if math.isfinite(v)]:
+    if norms := [v for _, v in m.get(KEY_GRAD_NORM, []) if math.isfinite(v)]:
         above = ""
         if run.clip is not None:
             share = sum(v > run.clip for v in norms) / len(norms)
@@ -131,7 +130,7 @@ def summary_lines(run: RunData, png: Path | None = None) -> list[str]:
         lines.append(f"{'grad norm':<18} max {max(norms):.3g}, median {sorted(norms)[len(norms) // 2]:.3g}{above}")
     # Totals: the callback's own counters where logged (a mark from them can stand for several steps).
     counts = {action: sum(mark.action == action for mark in run.marks) for action in _MARK_STYLE}
-    for action, key in (("skip", SKIPPED_KEY), ("rollback", ROLLED_BACK_KEY)):
+    for action, key in (("skip", KEY_SKIPPED), ("rollback", KEY_ROLLED_BACK)):
         if counter := m.get(key):
             counts[action] = max(counts[action], int(max(v for _, v in counter)))
     lines.append(f"{'grad health':<18} {counts['skip']} skipped, {counts['rollback']} rolled back, {counts['abort']} aborted")

@@ -18,11 +18,10 @@ from typing import Any
 
 import yaml
 
+from callbacks.gradient_health.keys import KEY_ROLLED_BACK, KEY_SKIPPED, REPORT_FILE
+
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.csv"
-GRAD_HEALTH_REPORT = "grad_health_report.json"
-SKIPPED_KEY = "grad_health/skipped_steps"
-ROLLED_BACK_KEY = "grad_health/rolled_back_steps"
 
 
 class RunDirError(ValueError):
@@ -132,8 +131,8 @@ def _read_tensorboard(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def read_marks(run_dir: Path, metrics: dict[str, list[tuple[int, float]]]) -> list[Mark]:
     """Skipped/rolled-back/aborted steps: exact ones from ``grad_health_report.json``, and where
     the report is missing, the steps at which the logged skip/rollback counters went up."""
-    marks = _report_marks(run_dir / GRAD_HEALTH_REPORT)
-    for key, action in ((SKIPPED_KEY, "skip"), (ROLLED_BACK_KEY, "rollback")):
+    marks = _report_marks(run_dir / REPORT_FILE)
+    for key, action in ((KEY_SKIPPED, "skip"), (KEY_ROLLED_BACK, "rollback")):
         if any(m.action == action for m in marks):
             continue  # the report is exact; the counters only say "somewhere in this interval"
         previous = 0.0

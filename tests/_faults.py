@@ -14,3 +14,20 @@ class ForceLearningRate(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         pl_module.hparams.learning_rate = self.learning_rate
+
+
+class PoisonMarkedRows(L.Callback):
+    """Makes every row whose input holds ``marker`` (one character of the tiny model's character tokenizer) go
+    NaN at the input embeddings, in every forward: a corrupt record that trips whenever it is trained on."""
+
+    def __init__(self, marker: str = "€") -> None:
+        self.marker = marker
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        marker_id = pl_module.tokenizer.convert_tokens_to_ids(self.marker)
+
+        def poison(module, args, output):
+            rows = (args[0] == marker_id).any(dim=-1)
+            return output.masked_fill(rows[:, None, None], float("nan")) if bool(rows.any()) else output
+
+        pl_module.model.get_input_embeddings().register_forward_hook(poison)

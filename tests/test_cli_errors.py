@@ -183,7 +183,7 @@ def test_question_too_long_for_max_length(cli, tmp_path: Path) -> None:
     result = cli("--data.train_file", train, "--data.max_length", "80")
     assert_data_error(
         result, tmp_path,
-        f"{train}: record 2 needs",
+        f"{train} item 3 needs",  # the place in the file, 1-based, as in every data message
         "more than data.max_length=80, so its answer would be truncated",
         "Question starts: 'Convert 3 km to m. Please think",
         "Fix: shorten the question or raise --data.max_length.",
@@ -193,7 +193,7 @@ def test_question_too_long_for_max_length(cli, tmp_path: Path) -> None:
 def test_question_too_long_in_held_out_part_names_file_record(cli, tmp_path: Path) -> None:
     train = write_json(tmp_path / "long.json", _records_with_long_question(5))
     result = cli("--data.train_file", train, "--data.max_length", "80")
-    assert_data_error(result, tmp_path, f"{train}: record 5 needs", "Fix: shorten the question")
+    assert_data_error(result, tmp_path, f"{train} item 6 needs", "Fix: shorten the question")
 
 
 def test_unknown_unit_in_generator_config(cli, tmp_path: Path) -> None:

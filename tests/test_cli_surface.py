@@ -40,6 +40,8 @@ SPECIAL = {
     "data.extra_val_files": "{mine: /no/such/file.jsonl}",
     "data.families": "[lenght]",
     "data.units": "{length: [kilometr]}",
+    "data.task": "sft_lightning.tasks.NoSuchTask",
+    "data.skip_list": "/no/such/skip_list.json",
     "trainer.default_root_dir": "/dev/null/runs",
     "trainer.devices": "-3",
     "trainer.max_time": "not-a-duration",

@@ -14,7 +14,7 @@ from sft_lightning.data import SFTDataModule
 from sft_lightning.metrics import parse_answer
 from sft_lightning.models import TINY_RANDOM
 from sft_lightning.records import DataError, load_records
-from sft_lightning.unitconv import normalize_question
+from sft_lightning.tasks.unit_conversion.generator import normalize_question
 
 REPO = Path(__file__).resolve().parents[1]
 HANDWRITTEN = REPO / "data" / "handwritten.jsonl"

@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
 from callbacks import GradientHealth, NonFiniteTrainingError
-from callbacks import _diagnosis as dx
+from callbacks.gradient_health import decide as dx
 from sft_lightning.batching import IGNORE_INDEX
 from sft_lightning.data import SFTDataModule
 from sft_lightning.module import SFTModule

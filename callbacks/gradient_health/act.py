@@ -1,0 +1,197 @@
+"""Act: abort, skip or roll back - the same action at the same step on every rank.
+
+Without a scaler the update has not happened yet at ``on_before_optimizer_step``: skip and rollback set every
+``.grad`` to ``None``, so torch optimisers leave weights and state alone (a GradScaler that found inf skips
+``step()`` anyway). Rollback restores the last good in-memory snapshot at ``on_train_batch_end``, which runs before
+ModelCheckpoint's; an optimiser outside ``torch.optim`` that may not honour ``grad=None`` gets its step undone
+there from a snapshot taken before it. Abort raises :class:`~.errors.NonFiniteTrainingError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch.optim import Optimizer
+
+from .errors import NonFiniteTrainingError
+from .keys import KEY_SCHEDULER_HELD, KEY_SPIKE_ROLLED_BACK, KEY_SPIKE_SKIPPED, KEY_SPIKES
+from .measure import Trainable
+from .snapshot import Snapshot, restore, take
+
+ACTIONS = ("abort", "skip", "rollback")
+
+Restore = tuple[Optimizer, Trainable, Snapshot]
+
+
+@dataclass
+class Counters:
+    """The trips of this run so far (checkpointed); the skip budget counts ``recovered_trips``."""
+
+    skipped_steps: int = 0  # non-finite steps dropped by on_nonfinite="skip"
+    rolled_back_steps: int = 0  # non-finite steps dropped and rolled back
+    recovered_trips: int = 0  # trips absorbed by skip/rollback (non-finite and spikes: one skip_budget)
+    trip_count: int = 0
+    spikes: int = 0  # spikes detected, whatever was done about them
+    spike_skipped_steps: int = 0
+    spike_rolled_back_steps: int = 0
+    scheduler_held_steps: int = 0  # scaler-skipped steps on which the LR schedule was held
+
+    def count(self, action: str, spike: bool = False) -> None:
+        self.trip_count += 1
+        self.spikes += int(spike)
+        if action in ("skip", "rollback"):
+            self.recovered_trips += 1
+            if action == "skip":
+                if spike:
+                    self.spike_skipped_steps += 1
+                else:
+                    self.skipped_steps += 1
+            elif spike:
+                self.spike_rolled_back_steps += 1
+            else:
+                self.rolled_back_steps += 1
+
+    def for_report(self, scaler_skipped_steps: int, skip_budget: int) -> dict[str, int]:
+        return {
+            "skipped_steps": self.skipped_steps,
+            "rolled_back_steps": self.rolled_back_steps,
+            "scaler_skipped_steps": scaler_skipped_steps,
+            "spikes": self.spikes,
+            "spike_skipped_steps": self.spike_skipped_steps,
+            "spike_rolled_back_steps": self.spike_rolled_back_steps,
+            "scheduler_held_steps": self.scheduler_held_steps,
+            "skip_budget_left": max(skip_budget - self.recovered_trips, 0),
+        }
+
+    def metrics(self, *, spikes: bool, held: bool) -> dict[str, float]:
+        """The logged counters beyond the non-finite ones: spikes (when ``on_spike`` is set), held schedules."""
+        out: dict[str, float] = {}
+        if spikes:
+            out[KEY_SPIKES] = float(self.spikes)
+            out[KEY_SPIKE_SKIPPED] = float(self.spike_skipped_steps)
+            out[KEY_SPIKE_ROLLED_BACK] = float(self.spike_rolled_back_steps)
+        if held:
+            out[KEY_SCHEDULER_HELD] = float(self.scheduler_held_steps)
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {
+            "skipped_steps": self.skipped_steps,
+            "rolled_back_steps": self.rolled_back_steps,
+            "recovered_trips": self.recovered_trips,
+            "trip_count": self.trip_count,
+            "spikes": self.spikes,
+            "spike_skipped_steps": self.spike_skipped_steps,
+            "spike_rolled_back_steps": self.spike_rolled_back_steps,
+            "scheduler_held_steps": self.scheduler_held_steps,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Counters:
+        """Missing keys (checkpoints written before a counter existed) read as 0."""
+        return cls(**{name: int(state.get(name, 0)) for name in cls().state_dict()})
+
+
+class Recovery:
+    """Rollback snapshots per optimiser, and the restores queued for the end of the batch."""
+
+    def __init__(self, snapshot_every_n_steps: int, snapshot_device: torch.device | None) -> None:
+        self.snapshot_every_n_steps = snapshot_every_n_steps
+        self.snapshot_device = snapshot_device
+        self.snapshots: dict[int, Snapshot] = {}
+        self.pending: list[Restore] = []
+
+    def snapshot(self, optimizer: Optimizer, trainable: Trainable, step: int) -> None:
+        """Keep the weights (verified finite just now) and optimiser state, every ``snapshot_every_n_steps``."""
+        previous = self.snapshots.get(id(optimizer))
+        if previous is None or step - previous.step >= self.snapshot_every_n_steps:
+            self.snapshots[id(optimizer)] = take(
+                trainable.params, optimizer, step, device=self.snapshot_device, reuse=previous
+            )
+
+    def restorable(self, trainer: pl.Trainer, trainables: dict[int, Trainable], keys: list[int]) -> list[Restore]:
+        out = []
+        for key in keys:
+            optimizer = optimizer_by_id(trainer, key)
+            if optimizer is not None and key in self.snapshots:
+                out.append((optimizer, trainables[key], self.snapshots[key]))
+        return out
+
+    def have_snapshots(self, trainer: pl.Trainer, trainables: dict[int, Trainable]) -> bool:
+        """Every live optimiser seen so far has a finite snapshot to go back to."""
+        live = [key for key in trainables if optimizer_by_id(trainer, key) is not None]
+        return bool(live) and all(key in self.snapshots for key in live)
+
+    def can_roll_back(
+        self, trainer: pl.Trainer, optimizer: Optimizer, trainables: dict[int, Trainable], restore_all: bool
+    ) -> bool:
+        """Broken weights may be anyone's: then every optimiser needs a snapshot, else only this one."""
+        return self.have_snapshots(trainer, trainables) if restore_all else id(optimizer) in self.snapshots
+
+    def drop_update(
+        self,
+        trainer: pl.Trainer,
+        optimizer: Optimizer,
+        trainable: Trainable,
+        action: str,
+        trainables: dict[int, Trainable],
+        restore_all: bool,
+    ) -> None:
+        """Skip or roll back the update about to happen (``action`` is "skip" or "rollback")."""
+        for p in trainable.params:
+            # torch.optim optimisers skip parameters whose .grad is None: no weight decay, no momentum,
+            # no state change. A GradScaler that found inf skips step() anyway.
+            p.grad = None
+        if action == "rollback":
+            keys = list(trainables) if restore_all else [id(optimizer)]
+            self.pending.extend(self.restorable(trainer, trainables, keys))
+        if not any(opt is optimizer for opt, _, _ in self.pending) and not is_torch_optimizer(optimizer):
+            # an optimiser we cannot trust to honour grad=None: undo whatever its step does
+            snap = take(trainable.params, optimizer, trainer.global_step, device=self.snapshot_device)
+            self.pending.append((optimizer, trainable, snap))
+
+    def restore(self, restores: list[Restore]) -> None:
+        for optimizer, trainable, snap in restores:
+            restore(snap, trainable.params, optimizer)
+
+    def restore_pending(self) -> None:
+        self.restore(self.pending)
+        self.pending.clear()
+
+    def clear(self) -> None:
+        self.snapshots.clear()
+        self.pending.clear()
+
+
+def abort(
+    message: str,
+    *,
+    diagnosis: str,
+    global_step: int,
+    report_path: str | None,
+    error: type[NonFiniteTrainingError] = NonFiniteTrainingError,
+) -> NoReturn:
+    raise error(message, diagnosis=diagnosis, global_step=global_step, report_path=report_path)
+
+
+def spare_checkpoints(trainer: pl.Trainer) -> None:
+    """Turn off ``save_on_exception``: the weights in memory are non-finite and must not be written."""
+    for cb in trainer.checkpoint_callbacks:
+        if getattr(cb, "save_on_exception", False):
+            cb.save_on_exception = False  # type: ignore[attr-defined]
+            rank_zero_warn("GradientHealth: weights are non-finite; the save-on-exception checkpoint was not written.")
+
+
+def optimizer_by_id(trainer: pl.Trainer, key: int) -> Optimizer | None:
+    for opt in trainer.optimizers:
+        if id(opt) == key:
+            return opt
+    return None
+
+
+def is_torch_optimizer(optimizer: Optimizer) -> bool:
+    return type(optimizer).__module__.startswith("torch.optim")

@@ -1,0 +1,423 @@
+"""GradientHealth: stop, skip or roll back a run whose loss, gradients or weights go non-finite (or spike).
+
+A run whose gradients go NaN should not grind on for hours logging ``grad_norm: nan``. This class only wires
+Lightning's hooks to the steps of the per-step pass, each a module of this package: :mod:`.measure` (one norm pass
+over the gradients, one over the weights, one host sync, one all-reduce), :mod:`.decide` and :mod:`.spikes` (pure),
+then on a trip :mod:`.replay` (where it started), :mod:`.report` (the message and the JSON report) and :mod:`.act`
+(abort, drop the update, or restore the last good snapshot) - identically on every rank.
+
+Where each piece happens (and why there):
+
+* ``on_train_batch_start`` / ``on_before_backward``: device-side flags only. Nothing is read back yet.
+* ``on_before_optimizer_step``: Lightning's AMP plugin has already called ``scaler.unscale_`` and has not yet
+  clipped, so gradients are unscaled and pre-clip, and without a scaler the update can still be dropped (a spike too).
+* ``on_train_batch_end`` (before ModelCheckpoint's, which Lightning orders last; after Lightning stepped the LR
+  schedulers): put back a schedule held on a scaler-skipped step (:mod:`.schedule_hold`), restore the rollback snapshot
+  (or, for optimisers outside ``torch.optim``, the pre-step snapshot), else queue a device-side check of the
+  freshly updated weights that the next step's sync reads.
+* a ``state_dict`` pre-hook on the LightningModule: no checkpoint (full or weights-only) is serialised with
+  non-finite trainable weights; ``on_exception`` turns off ``save_on_exception`` when the weights are poisoned.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import decide as dx
+from . import preflight as pf
+from . import report as rp
+from .act import ACTIONS, Counters, Recovery, abort, optimizer_by_id, spare_checkpoints
+from .errors import NonFiniteTrainingError, TrainingSpikeError, check_arguments
+from .interval import log_interval
+from .measure import Measured, StepMeter, Trainable, named_norms, weights_nonfinite
+from .precision import active_scaler, scale_tensor
+from .provenance import Provenance
+from .public_state import PublicState
+from .replay import record, spike_samples, trace
+from .schedule_hold import ScheduleHold
+from .skip_list import SkipList
+from .spike_guard import SpikeGuard
+from .spikes import MIN_HISTORY, THRESHOLD, WINDOW, is_spike_diagnosis
+
+log = logging.getLogger(__package__)
+
+
+class GradientHealth(PublicState, Callback):
+    r"""Detect non-finite loss, gradients, weights and target-less batches; say where they started; abort, skip
+    or roll back.
+
+    Args:
+        on_nonfinite: ``"abort"`` raises :class:`NonFiniteTrainingError`; ``"skip"`` drops the offending update
+            so the optimiser never sees it; ``"rollback"`` restores the last good in-memory snapshot of trainable
+            parameters and optimiser state and drops the offending batch. Skip and rollback abort once
+            ``skip_budget`` is spent, and whenever they cannot help (see below).
+        max_consecutive_skipped: under a GradScaler, how many consecutive overflow steps the scaler may skip;
+            the next consecutive overflow aborts (0: every overflow is fatal).
+        min_loss_scale: under a GradScaler, a loss scale below this floor is fatal.
+        skip_budget: number of trips that skip/rollback may absorb before aborting.
+        log_per_module_topk: also log the ``k`` largest per-module gradient norms (0 disables).
+        label_key: batch key/attribute holding the targets for the "no supervised tokens" check; ``None``
+            disables the check. The batch may be a mapping or have attribute access.
+        ignore_index: target value that is not supervised.
+        report_dir: where to write the JSON report; default ``trainer.log_dir`` or ``trainer.default_root_dir``.
+        snapshot_every_n_steps: rollback snapshot cadence (in optimiser steps). A snapshot copies the trainable
+            parameters and their optimiser state (cheap for LoRA; for full fine-tuning raise this or use
+            ``snapshot_device="cpu"``). Only used with ``on_nonfinite="rollback"``.
+        snapshot_device: keep rollback snapshots on this device (e.g. ``"cpu"`` to spare accelerator memory, at
+            the price of a blocking device-to-host copy per snapshot); ``None`` keeps them next to the parameters.
+        warn_on_setup: at fit start, warn about set-ups known to go non-finite (fp16 trainable weights under AMP,
+            fp16 without a loss scaler, clipping the precision plugin refuses, a first batch without targets).
+        prog_bar: also show ``grad_health/grad_norm`` on the progress bar (the other keys go to the logger only).
+        replay_on_trip: on a trip caused by a non-finite loss or gradient, replay the offending batch once with
+            temporary hooks on every submodule and name the first module (forward or backward) whose output went
+            non-finite. Costs one forward and backward per trip, nothing on healthy steps.
+        sample_id_key: batch key/attribute holding per-row sample identities (e.g. dataset indices), listed in
+            the report of a trip; ``None`` disables. The module (or datamodule) may also define
+            ``per_sample_loss(batch) -> Tensor[B]`` (to find the rows whose loss is non-finite) and
+            ``describe_samples(ids) -> list[str]`` (to name the records).
+        on_spike: a *finite* loss or pre-clip gradient norm far above its recent robust level (:mod:`.spikes`):
+            ``None`` (off), ``"warn"``, ``"skip"``, ``"rollback"`` (as for non-finite; spending ``skip_budget``) or
+            ``"abort"`` (:class:`TrainingSpikeError`); judged before the step from the values already read back.
+        spike_threshold / spike_window / spike_min_history: robust sigmas (1.4826 * MAD of log values) above the
+            median of the last ``spike_window`` healthy steps that make a spike; none before ``spike_min_history``.
+        hold_scheduler_on_scaler_skip: on a step the GradScaler skipped, undo the step-interval LR schedulers'
+            ``step()`` that Lightning still makes (Lightning issue #18828): the schedule follows the updates made.
+
+    Skip/rollback cannot help, and abort, when: the scaler's back-off persisted (``max_consecutive_skipped`` /
+    ``min_loss_scale``); ``skip`` meets weights that are already non-finite; ``rollback`` has no snapshot yet and
+    the weights are non-finite.
+
+    Logged at every step on which Lightning writes logs (``pl_module.log``, ``on_step=True``):
+    ``grad_health/grad_norm`` (max over the logging interval of the pre-clip, unscaled total gradient norm),
+    ``grad_health/skipped_steps``, ``grad_health/rolled_back_steps``, under a GradScaler also
+    ``grad_health/loss_scale`` and ``grad_health/scaler_skipped_steps``, and with ``log_per_module_topk > 0``
+    ``grad_health/grad_norm/<module>`` (max over the interval, largest ``k`` modules); with ``on_spike`` set the
+    ``grad_health/spike*`` counters; with ``hold_scheduler_on_scaler_skip`` under a GradScaler
+    ``grad_health/scheduler_held_steps``. :attr:`summary` has every counter.
+    """
+
+    def __init__(
+        self,
+        on_nonfinite: Literal["abort", "skip", "rollback"] = "abort",
+        max_consecutive_skipped: int = 20,
+        min_loss_scale: float = 1e-4,
+        skip_budget: int = 10,
+        log_per_module_topk: int = 0,
+        label_key: str | None = "labels",
+        ignore_index: int = -100,
+        report_dir: str | None = None,
+        snapshot_every_n_steps: int = 1,
+        snapshot_device: str | None = None,
+        warn_on_setup: bool = True,
+        prog_bar: bool = True,
+        replay_on_trip: bool = True,
+        sample_id_key: str | None = "sample_ids",
+        on_spike: Literal["warn", "skip", "rollback", "abort"] | None = None,
+        spike_threshold: float = THRESHOLD,
+        spike_window: int = WINDOW,
+        spike_min_history: int = MIN_HISTORY,
+        hold_scheduler_on_scaler_skip: bool = False,
+    ) -> None:
+        super().__init__()
+        device = check_arguments(
+            on_nonfinite=on_nonfinite, actions=ACTIONS, max_consecutive_skipped=max_consecutive_skipped,
+            min_loss_scale=min_loss_scale, skip_budget=skip_budget, log_per_module_topk=log_per_module_topk,
+            label_key=label_key, ignore_index=ignore_index, report_dir=report_dir,
+            snapshot_every_n_steps=snapshot_every_n_steps, snapshot_device=snapshot_device, sample_id_key=sample_id_key,
+            flags={"warn_on_setup": warn_on_setup, "prog_bar": prog_bar, "replay_on_trip": replay_on_trip,
+                   "hold_scheduler_on_scaler_skip": hold_scheduler_on_scaler_skip},
+        )
+        self.on_nonfinite = on_nonfinite
+        self.max_consecutive_skipped = max_consecutive_skipped
+        self.min_loss_scale = float(min_loss_scale)
+        self.skip_budget = skip_budget
+        self.log_per_module_topk = log_per_module_topk
+        self.label_key = label_key
+        self.ignore_index = ignore_index
+        self.report_dir = report_dir
+        self.snapshot_every_n_steps = snapshot_every_n_steps
+        self.snapshot_device = snapshot_device
+        self.warn_on_setup = warn_on_setup
+        self.prog_bar = prog_bar
+        self.replay_on_trip = replay_on_trip
+        self.sample_id_key = sample_id_key
+        # not in state_key: checkpoints written before these existed must still load
+        self.on_spike = on_spike
+        self.spike_threshold = spike_threshold
+        self.spike_window = spike_window
+        self.spike_min_history = spike_min_history
+        self.hold_scheduler_on_scaler_skip = hold_scheduler_on_scaler_skip
+
+        # checkpointed
+        self._counters = Counters()
+        self._scaler = dx.ScalerTracker()
+        self._spikes = SpikeGuard(on_spike, spike_threshold, spike_window, spike_min_history)  # history checkpointed
+        self._hold = ScheduleHold()
+        self._skip_list = SkipList()  # the samples trips named (skip_list.py)
+        # run state
+        self._meter = StepMeter()
+        self._recovery = Recovery(snapshot_every_n_steps, device)
+        self._trips: list[dict[str, Any]] = []
+        self._report_dir: str | None = None
+        self._poisoned = False  # we aborted with non-finite weights in memory
+        self._guard_handle: torch.utils.hooks.RemovableHandle | None = None
+        self._trainer_ref: weakref.ReferenceType[pl.Trainer] | None = None
+        self._targets = pf.TargetCheck(label_key, ignore_index)
+        self._first_batch_checked = False
+
+    @property
+    def state_key(self) -> str:
+        """Two instances with different settings keep separate checkpoint entries (as Lightning's callbacks do)."""
+        return self._generate_state_key(
+            on_nonfinite=self.on_nonfinite, label_key=self.label_key, report_dir=self.report_dir
+        )
+
+    @property
+    def _legacy_state_key(self) -> str:  # type: ignore[override]
+        """Checkpoints written before ``state_key`` existed keep this callback's state under its class name."""
+        return type(self).__qualname__
+
+    # ------------------------------------------------------------------ lifecycle
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            pf.refuse_sharded(trainer)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # trainer.log_dir broadcasts, so it must be resolved here, on every rank - never inside a trip
+        self._report_dir = self.report_dir or trainer.log_dir or trainer.default_root_dir
+        self._trainer_ref = weakref.ref(trainer)
+        if self.warn_on_setup:
+            for message in pf.preflight(pf.trainer_facts(trainer, pl_module)):
+                rank_zero_warn(message)
+        if self._guard_handle is None:
+            self._guard_handle = pl_module.register_state_dict_pre_hook(self._checkpoint_guard)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._meter.start(trainer.accumulate_grad_batches)
+        self._first_batch_checked = False
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._guard_handle is not None:
+            self._guard_handle.remove()
+            self._guard_handle = None
+        self._recovery.clear()
+        self._meter.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **self._counters.state_dict(),
+            **self._scaler.state_dict(),
+            "spike_history": self._spikes.state_dict(),
+            "skip_list": self._skip_list.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._counters = Counters.from_state(state_dict)
+        self._scaler.load_state_dict(state_dict)
+        self._spikes.load_state_dict(state_dict.get("spike_history"))  # absent in older checkpoints: warm up again
+        self._skip_list.load_state_dict(state_dict.get("skip_list"))
+
+    # ------------------------------------------------------------------ per batch: cheap device-side flags
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._meter.batch_idx = batch_idx
+        if (self.replay_on_trip or self._spikes.enabled) and pl_module.automatic_optimization:
+            self._meter.window.append(record(batch, batch_idx))  # a reference and the RNG state: no copy, no sync
+        empty = self._targets.flag(batch)
+        if empty is None:
+            return
+        self._meter.add_empty(empty)
+        if not self._first_batch_checked:
+            self._first_batch_checked = True
+            if self.warn_on_setup and bool(empty):  # one host read, on the first batch only
+                rank_zero_warn(pf.empty_first_batch(str(self.label_key), self.ignore_index))
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        scale = scale_tensor(active_scaler(trainer.precision_plugin))
+        accumulation = trainer.accumulate_grad_batches if pl_module.automatic_optimization else None
+        self._meter.add_loss(loss, scale, accumulation)
+
+    # ------------------------------------------------------------------ per optimiser step: measure, decide, act
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer) -> None:
+        """Runs after AMP unscaling and before gradient clipping: gradients here are what the optimiser would use
+        (pre-clip). Without a scaler the update has not happened yet, so it can still be dropped."""
+        step = trainer.global_step
+        trainable = self._meter.trainable(optimizer, pl_module)
+        measured = self._meter.measure(trainer, pl_module, optimizer, trainable)
+        decision = dx.decide(
+            measured.flags,
+            step=step,
+            loss_scale=measured.loss_scale,
+            tracker=self._scaler,
+            max_consecutive_skipped=self.max_consecutive_skipped,
+            min_loss_scale=self.min_loss_scale,
+        )
+        # a finite spike is judged only on a step the NaN rules found healthy (a spike step stays out of the history)
+        spike = self._spikes.judge(measured.spike_values()) if decision.verdict is dx.Verdict.HEALTHY else None
+        self._meter.account(step, measured, trainable, self.log_per_module_topk)
+        if measured.loss_scale is not None:
+            self._scaler.record(step, measured.loss_scale, skipped=decision.verdict is dx.Verdict.SCALER_SKIP)
+        if decision.verdict is dx.Verdict.TRIP:
+            self._on_trip(trainer, pl_module, optimizer, trainable, decision, measured)
+        elif spike is None or self._on_spike(trainer, pl_module, optimizer, trainable, spike, measured) == "warn":
+            if "rollback" in (self.on_nonfinite, self.on_spike):
+                self._recovery.snapshot(optimizer, trainable, step)  # weights verified finite just now
+            if decision.verdict is dx.Verdict.HEALTHY:
+                self._meter.expect_update(optimizer, trainable)  # the update will be applied: check the weights after
+            elif self.hold_scheduler_on_scaler_skip and self._hold.capture(trainer):
+                self._counters.scheduler_held_steps += 1  # the scaler skips this step: undone at on_train_batch_end
+        self._meter.window.clear()
+        log_interval(
+            trainer, pl_module, self._meter.interval, skipped_steps=self._counters.skipped_steps,
+            rolled_back_steps=self._counters.rolled_back_steps, loss_scale=measured.loss_scale,
+            scaler_skipped_steps=self._scaler.total_skipped, topk=self.log_per_module_topk, prog_bar=self.prog_bar,
+            extra=self._counters.metrics(
+                spikes=self._spikes.enabled, held=self.hold_scheduler_on_scaler_skip and measured.loss_scale is not None
+            ),
+        )
+
+    def _on_trip(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer, trainable: Trainable,
+        decision: dx.Decision, measured: Measured,
+    ) -> None:
+        """Say where it started, report, then abort (raises) or drop this update (skip / rollback)."""
+        provenance = self._provenance(trainer, pl_module, decision)
+        restore_all = decision.params_poisoned  # weights already broken: every optimiser's weights may be
+        trainables = self._meter.trainables
+        has_snapshot = self._recovery.can_roll_back(trainer, optimizer, trainables, restore_all)
+        action = self._trip(trainer, optimizer, decision, measured.context(), "optimizer_step", has_snapshot, provenance)
+        self._recovery.drop_update(trainer, optimizer, trainable, action, trainables, restore_all)
+
+    def _on_spike(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer, trainable: Trainable,
+        decision: dx.Decision, measured: Measured,
+    ) -> str:
+        """Name the samples, report, then warn, abort (raises), or drop this update (skip / rollback)."""
+        provenance = spike_samples(trainer, pl_module, self._meter.window, self.sample_id_key, self._spikes.loss_limit())
+        context = {**measured.context(), "spike": self._spikes.context()}
+        has_snapshot = id(optimizer) in self._recovery.snapshots
+        assert self.on_spike is not None
+        action = self._trip(trainer, optimizer, decision, context, "optimizer_step", has_snapshot, provenance, self.on_spike)
+        if action in ("skip", "rollback"):
+            self._recovery.drop_update(trainer, optimizer, trainable, action, self._meter.trainables, restore_all=False)
+        return action
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # runs before ModelCheckpoint.on_train_batch_end (Lightning orders checkpoint callbacks last), and after
+        # Lightning stepped the step-interval LR schedulers: a held schedule is put back here
+        self._hold.release()
+        self._recovery.restore_pending()
+        self._meter.check_updates()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Judge the update of the last step, which no later step will look at."""
+        if self._meter.last_update_broken(trainer):
+            self._trip_outside_step(trainer, where="train_end")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Runs before ModelCheckpoint.on_exception: never let ``save_on_exception`` write poisoned weights."""
+        if self._poisoned:
+            spare_checkpoints(trainer)
+
+    # ------------------------------------------------------------------ where it started, which samples
+    def _provenance(self, trainer: pl.Trainer, pl_module: pl.LightningModule, decision: dx.Decision) -> Provenance | None:
+        """``None`` when this kind of trip has nothing to replay (broken weights, a batch without targets) or
+        replay is off; otherwise the replay's answer, with the samples that carried the non-finite values."""
+        if not (self.replay_on_trip and dx.replayable(decision)):
+            return None
+        return trace(trainer, pl_module, self._meter.window, self.sample_id_key)
+
+    # ------------------------------------------------------------------ a trip: decide the action, report, act
+    def _trip(
+        self, trainer: pl.Trainer, optimizer: Optimizer | None, decision: dx.Decision, context: dict[str, Any], where: str,
+        has_snapshot: bool, provenance: Provenance | None = None, mode: str | None = None,
+    ) -> str:
+        """Pick the action, count, write the report, and raise on abort. Returns "skip", "rollback" or "warn".
+
+        ``mode``: ``on_nonfinite`` (default) or, for a spike, ``on_spike``."""
+        assert decision.diagnosis is not None
+        mode = mode or self.on_nonfinite
+        spike = is_spike_diagnosis(decision.diagnosis)
+        action, reason = dx.choose_action(
+            decision,
+            mode=mode,
+            recovered_trips=self._counters.recovered_trips,
+            skip_budget=self.skip_budget,
+            has_snapshot=has_snapshot,
+            at_checkpoint=where == "checkpoint",
+        )
+        self._counters.count(action, spike=spike)
+        path = rp.report_path(self._report_dir or trainer.default_root_dir, trainer.global_rank)
+        batch_idx = self._meter.batch_idx
+        message = rp.message(
+            trainer, batch_idx=batch_idx, diagnosis=decision.diagnosis, action=action, reason=reason,
+            on_nonfinite=mode, provenance=provenance, path=path,
+        )
+        snap = self._recovery.snapshots.get(id(optimizer)) if optimizer is not None else None
+        trip = rp.trip_record(
+            trainer, batch_idx=batch_idx, where=where, diagnosis=decision.diagnosis, action=action,
+            on_nonfinite=mode, reason=reason, message=message, context=context, optimizer=optimizer,
+            loss_scale_history=self._scaler.history, grad_norm_history=self._meter.history,
+            counters=self._counters.for_report(self._scaler.total_skipped, self.skip_budget),
+            rollback_to_step=snap.step if (action == "rollback" and snap is not None) else None,
+            provenance=provenance,
+        )
+        self._trips.append(trip)
+        written = rp.write_trip(path, trip)
+        # every rank trips at this step, so the list is gathered from all of them (add runs on every rank)
+        named = where == "optimizer_step" and self._skip_list.add(provenance, trainer.global_step, decision.diagnosis, action)
+        if named and trainer.is_global_zero:
+            self._skip_list.write(self._report_dir or trainer.default_root_dir)
+        if action == "warn":
+            rank_zero_warn(message)
+        elif trainer.is_global_zero:
+            log.warning(message)
+        if action == "abort":
+            self._poisoned = decision.params_poisoned
+            abort(message, diagnosis=decision.diagnosis, global_step=trainer.global_step, report_path=written,
+                  error=TrainingSpikeError if spike else NonFiniteTrainingError)
+        return action
+
+    def _trip_outside_step(self, trainer: pl.Trainer, where: str) -> None:
+        """Weights found non-finite after an update (train end, checkpoint): abort, or roll back every optimiser."""
+        decision = dx.Decision(dx.Verdict.TRIP, dx.D_PARAMS_AFTER, params_poisoned=True)
+        trainables = self._meter.trainables
+        restorable = self._recovery.restorable(trainer, trainables, list(trainables))
+        if not trainables:
+            # no optimiser step seen yet (e.g. non-finite weights loaded before the first step): nothing to restore
+            self._trip(trainer, None, decision, {"flags": {"params_nonfinite_before": 1}}, where, has_snapshot=False)
+            return
+        first = next(iter(trainables.values()))
+        optimizer = optimizer_by_id(trainer, next(iter(trainables)))
+        context = {"flags": {"params_nonfinite_after_prev_step": 1}, "param_norms": named_norms(first)}
+        self._trip(trainer, optimizer, decision, context, where, has_snapshot=self._recovery.have_snapshots(trainer, trainables))
+        self._recovery.restore(restorable)  # only reached on rollback: all of them, not only the first
+        self._meter.params_after = None  # repaired: the pending post-update flag is stale
+
+    def _checkpoint_guard(self, module: torch.nn.Module, prefix: str, keep_vars: bool) -> None:
+        """state_dict pre-hook: refuse to serialise non-finite trainable weights during fit.
+
+        A pre-hook (not ``on_save_checkpoint``) because Lightning skips callback hooks for weights-only
+        checkpoints, and because it runs before the checkpoint dict is built, so a rollback here is what gets saved.
+        Local check only (no collective): state_dict may legitimately be called on one rank.
+        """
+        trainer = self._trainer_ref() if self._trainer_ref is not None else None
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return
+        params = [p for t in self._meter.trainables.values() for p in t.params] or [
+            p for p in module.parameters() if p.requires_grad
+        ]
+        if not params or not bool(weights_nonfinite(params)):
+            return
+        self._trip_outside_step(trainer, where="checkpoint")

@@ -1,0 +1,233 @@
+"""Report: what a user reads about a trip - the one-line message with its fix, and ``grad_health_report.json``.
+
+The report is one strict-JSON file per rank in the run directory, rewritten atomically on every trip: a run that
+trips is often killed right after, and a half-written report is worse than none, so the file is written to a
+temporary name in the same directory and moved into place with ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.optim import Optimizer
+
+from .decide import (
+    D_EMPTY_BATCH,
+    D_GRAD_NAN,
+    D_GRAD_OVERFLOW,
+    D_LOSS_INF,
+    D_LOSS_NAN,
+    D_PARAMS_AFTER,
+    D_PARAMS_BEFORE,
+    SCALE_COLLAPSE_PREFIX,
+)
+from .keys import report_file
+from .provenance import Provenance
+from .replay import SAMPLES_DESCRIBED
+from .spikes import is_spike_diagnosis
+
+log = logging.getLogger(__package__)
+
+REPORT_VERSION = 1
+SCALE_HISTORY_IN_REPORT = 64
+NAMES_IN_REPORT = 10
+
+# --- the fix for each diagnosis --------------------------------------------------------------------------------
+_ADVICE = {
+    D_PARAMS_BEFORE: "the weights were already broken: resume from the last good checkpoint",
+    D_PARAMS_AFTER: "keep trainable weights in fp32 (not precision='16-true'), lower the learning rate",
+    D_EMPTY_BATCH: "every batch needs at least one label != ignore_index; check prompt masking and truncation",
+    D_LOSS_NAN: "inspect this batch's inputs and the loss computation; lower the learning rate",
+    D_LOSS_INF: "inspect this batch's inputs and the loss computation; lower the learning rate",
+    D_GRAD_OVERFLOW: "use bf16-mixed or 32-true (or 16-mixed with a GradScaler), lower the learning rate, "
+    "keep gradient clipping on",
+    D_GRAD_NAN: "look for 0/0, log(0) or sqrt of negatives in the model/loss; lower the learning rate",
+}
+# Diagnoses that a rollback can recover from: suggested only to runs not already rolling back.
+_ROLLBACK_HELPS = frozenset({D_PARAMS_BEFORE, D_PARAMS_AFTER})
+SPIKE_ADVICE = (
+    "if jumps like this are expected in this run, raise spike_threshold or set on_spike=None; otherwise inspect "
+    "the samples named (a corrupt or out-of-distribution record), lower the learning rate, keep gradient clipping on"
+)
+_SCALE_ADVICE = (
+    "gradients overflow fp16 at every loss scale: use bf16-mixed or 32-true, keep trainable weights fp32, "
+    "lower the learning rate"
+)
+
+
+def advice(diagnosis: str, on_nonfinite: str = "abort") -> str:
+    """What to try next for a diagnosis line: every abort message names a fix, not only a cause.
+
+    ``on_nonfinite`` is the run's mode, so a run that already rolls back is not told to roll back.
+    """
+    if is_spike_diagnosis(diagnosis):
+        return SPIKE_ADVICE
+    text = _ADVICE.get(diagnosis, _SCALE_ADVICE if diagnosis.startswith(SCALE_COLLAPSE_PREFIX) else "see the report")
+    if diagnosis in _ROLLBACK_HELPS and on_nonfinite != "rollback":
+        text += ", or use on_nonfinite='rollback'"
+    return text
+
+
+# --- the one line ------------------------------------------------------------------------------------------------
+def message(
+    trainer: pl.Trainer,
+    *,
+    batch_idx: int,
+    diagnosis: str,
+    action: str,
+    reason: str | None,
+    on_nonfinite: str,
+    provenance: Provenance | None,
+    path: Any,
+) -> str:
+    """The one line a user reads: what, where it started, which samples, what was done, the report, the fix."""
+    parts = [
+        f"GradientHealth: {diagnosis} at global step {trainer.global_step} (epoch {trainer.current_epoch},"
+        f" batch {batch_idx}"
+        + (f", rank {trainer.global_rank}" if trainer.world_size > 1 else "")
+        + f") -> {action}"
+        + (f" ({reason})" if reason else "")
+    ]
+    fix = advice(diagnosis, on_nonfinite)
+    if provenance is not None:
+        parts.append(provenance.summary())
+        samples = provenance.samples.get("nonfinite_ids") or provenance.samples.get("spike_ids")
+        if samples:
+            records = provenance.samples.get("records") or []
+            parts.append(f"samples {samples[:SAMPLES_DESCRIBED]}" + (f" ({'; '.join(records)})" if records else ""))
+        fix = provenance.advice() or fix
+    return "; ".join(parts) + f". Report: {path}. Fix: {fix}"
+
+
+# --- the trip record -----------------------------------------------------------------------------------------
+def trip_record(
+    trainer: pl.Trainer,
+    *,
+    batch_idx: int,
+    where: str,
+    diagnosis: str,
+    action: str,
+    on_nonfinite: str,
+    reason: str | None,
+    message: str,
+    context: dict[str, Any],
+    optimizer: Optimizer | None,
+    loss_scale_history: Iterable[tuple[int, float]],
+    grad_norm_history: Iterable[tuple[int, float]],
+    counters: dict[str, int],
+    rollback_to_step: int | None,
+    provenance: Provenance | None,
+) -> dict[str, Any]:
+    """One trip as the report (and ``GradientHealth.trips``) holds it; keys in a stable order."""
+    grad_norms: list[tuple[str, float]] = context.get("grad_norms", [])
+    param_norms: list[tuple[str, float]] = context.get("param_norms", [])
+    bad_grads = [name for name, v in grad_norms if not math.isfinite(v)]
+    bad_params = [name for name, v in param_norms if not math.isfinite(v)]
+    largest = sorted(((v, name) for name, v in grad_norms if math.isfinite(v)), reverse=True)[:NAMES_IN_REPORT]
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "detected_at": where,
+        "global_step": trainer.global_step,
+        "epoch": trainer.current_epoch,
+        "batch_idx": batch_idx,
+        "rank": trainer.global_rank,
+        "world_size": trainer.world_size,
+        "diagnosis": diagnosis,
+        "action": action,
+        "on_nonfinite": on_nonfinite,
+        "abort_reason": reason,
+        "message": message,
+        "loss": context.get("loss"),
+        "learning_rate": learning_rates(optimizer),
+        "grad_norm": context.get("grad_norm"),
+        "loss_scale": context.get("loss_scale"),
+        "spike": context.get("spike"),  # per metric: value, robust level, threshold value (spike trips only)
+        "loss_scale_history": [list(item) for item in loss_scale_history][-SCALE_HISTORY_IN_REPORT:],
+        "grad_norm_history": [list(item) for item in grad_norm_history],
+        "nonfinite_grad_params": bad_grads[:NAMES_IN_REPORT],
+        "nonfinite_grad_param_count": len(bad_grads),
+        "nonfinite_params": bad_params[:NAMES_IN_REPORT],
+        "nonfinite_param_count": len(bad_params),
+        "largest_grad_norms": {name: v for v, name in largest},
+        "flags_rank_count": context.get("flags", {}),
+        "rollback_to_step": rollback_to_step,
+        "counters": counters,
+        "provenance": provenance.as_dict() if provenance is not None else None,
+    }
+
+
+def learning_rates(optimizer: Optimizer | None) -> list[float]:
+    if optimizer is None:
+        return []
+    return [float(group["lr"]) for group in optimizer.param_groups if "lr" in group]
+
+
+# --- the file --------------------------------------------------------------------------------------------------
+def report_path(directory: str | os.PathLike[str], rank: int) -> Path:
+    """``grad_health_report.json`` on rank 0, ``grad_health_report.rank<N>.json`` on the others."""
+    return Path(directory) / report_file(rank)
+
+
+def write_trip(path: Path, trip: dict[str, Any]) -> str | None:
+    """Append ``trip`` to the report; the path written, or ``None`` when the disk refused (logged, not raised)."""
+    try:
+        return str(append_trip(path, trip))
+    except OSError as err:  # a full disk must not hide the real problem
+        log.error("GradientHealth: could not write the report to %s: %s", path, err)
+        return None
+
+
+def json_safe(value: Any) -> Any:
+    """Make ``value`` strict-JSON: non-finite floats become the strings "nan", "inf", "-inf"."""
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def append_trip(path: Path, trip: dict[str, Any]) -> Path:
+    """Add ``trip`` to the report at ``path`` (keeping earlier trips of this run directory) and write it atomically.
+
+    Layout: ``{"version": 1, "trips": [trip, ...]}`` - the last element is the most recent trip.
+    """
+    trips: list[Any] = []
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+            if isinstance(previous, dict) and isinstance(previous.get("trips"), list):
+                trips = previous["trips"]
+        except (OSError, ValueError):
+            trips = []  # unreadable: start over rather than fail the run a second time
+    trips.append(json_safe(trip))
+    write_json_atomic(path, {"version": REPORT_VERSION, "trips": trips})
+    return path
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=2, allow_nan=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,117 @@
+"""Facts about batches and tensors: where a key is, which rows hold a non-finite value, how many rows a batch has."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+ROWS_SHOWN = 16
+
+
+def find(batch: Any, key: str | None) -> Any:
+    """``batch[key]`` for a mapping, ``batch.key`` otherwise; ``None`` when absent (or no key)."""
+    if key is None:
+        return None
+    if isinstance(batch, Mapping):
+        return batch.get(key)
+    return getattr(batch, key, None)
+
+
+def tensors_in(value: Any, *, objects: bool = False) -> Iterator[Tensor]:
+    """Every tensor inside nested tuples, lists and mappings (e.g. a ``ModelOutput``), in order; with ``objects``
+    also inside plain objects' attributes (attribute-access batches)."""
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from tensors_in(item, objects=objects)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from tensors_in(item, objects=objects)
+    elif objects and hasattr(value, "__dict__") and not isinstance(value, (type, nn.Module)):
+        for item in vars(value).values():
+            yield from tensors_in(item, objects=objects)
+
+
+def floating_tensors(value: Any) -> list[Tensor]:
+    """Every floating-point tensor inside ``value`` (see :func:`tensors_in`)."""
+    return [t for t in tensors_in(value) if t.is_floating_point()]
+
+
+def nonfinite_in_batch(batch: Any, batch_size: int | None) -> tuple[str, list[int] | None] | None:
+    """(key, rows) of the first floating tensor of the batch holding a non-finite value; ``None`` if all finite."""
+    if isinstance(batch, Mapping):
+        items: Any = batch.items()
+    elif isinstance(batch, (list, tuple)):
+        items = enumerate(batch)
+    else:
+        items = vars(batch).items() if hasattr(batch, "__dict__") else [("batch", batch)]
+    for key, value in items:
+        for t in tensors_in(value, objects=True):
+            if t.is_floating_point() and not all_finite(t):
+                return str(key), bad_rows(t, batch_size)
+    return None
+
+
+def bad_rows(t: Tensor, batch_size: int | None) -> list[int] | None:
+    """Batch rows (dim 0) that hold a non-finite value, when dim 0 is the batch."""
+    if batch_size is None or t.dim() == 0 or t.shape[0] != batch_size:
+        return None
+    bad = ~torch.isfinite(t.detach()).reshape(batch_size, -1).all(dim=1)
+    return [int(i) for i in bad.nonzero().flatten().tolist()]
+
+
+def max_finite_abs(t: Tensor) -> float:
+    if t.numel() == 0:
+        return 0.0
+    a = t.detach().abs().float()
+    return float(torch.where(torch.isfinite(a), a, torch.zeros_like(a)).max())
+
+
+def all_finite(t: Tensor) -> bool:
+    return bool(torch.isfinite(t.detach()).all())
+
+
+def to_float32(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, tuple):
+        return tuple(to_float32(v) for v in value)
+    if isinstance(value, list):
+        return [to_float32(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_float32(v) for k, v in value.items()}
+    return value
+
+
+def dtype_name(t: Tensor) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+def rows_text(rows: list[int] | None) -> str:
+    if rows is None:
+        return "unknown"
+    shown = ", ".join(str(r) for r in rows[:ROWS_SHOWN])
+    return f"[{shown}{', ...' if len(rows) > ROWS_SHOWN else ''}]"
+
+
+def batch_size_of(batch: Any, sample_ids: Any) -> int | None:
+    """Rows in the batch: the sample identities' length, else dim 0 of its first tensor."""
+    if isinstance(sample_ids, Tensor) and sample_ids.dim() == 1:
+        return int(sample_ids.shape[0])
+    if isinstance(sample_ids, (list, tuple)):
+        return len(sample_ids)
+    first = next(tensors_in(batch, objects=True), None)
+    return int(first.shape[0]) if first is not None and first.dim() > 0 else None
+
+
+def id_list(ids: Any) -> list[Any] | None:
+    """Sample identities as a plain list (a 1-D tensor, a list or a tuple), else ``None``."""
+    if hasattr(ids, "tolist") and getattr(ids, "dim", lambda: 2)() <= 1:
+        return ids.reshape(-1).tolist()
+    if isinstance(ids, (list, tuple)):
+        return list(ids)
+    return None

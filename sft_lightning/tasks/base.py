@@ -1,0 +1,84 @@
+"""The task seam: what the training machinery needs to know about a question/answer task, and nothing more.
+
+A task gives records (a question, the number it is scored against, and optionally the exact text to train on),
+names its validation sets, parses a generated text into a number, and may hand generation a completion hook
+(the unit-conversion task's calculator). ``SFTDataModule`` and ``SFTModule`` speak only this protocol, so a new
+task is one class; ``docs/tasks.md`` shows one in a page. Scoring is the same for every task: a parsed number
+within ``model.relative_tolerance`` of the expected one is correct, no number is unanswered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from sft_lightning.metrics import MAIN_VAL_SET, parse_answers
+from sft_lightning.prompt import format_answer
+from sft_lightning.records import DataError, QARecord
+
+
+@dataclass
+class TaskData:
+    """A task's records: the training set and the validation sets by name (``val`` first).
+
+    ``resizable`` names the sets drawn at random from something larger (a generator): a time budget may score
+    only their first N questions. Every other set (hand-written, a user's file) is always scored whole.
+    ``first_index`` numbers a set's samples from that index on (default 0): a set held out of the training
+    file's tail is numbered as in the file, after the training records.
+    """
+
+    train: list[QARecord]
+    val_sets: dict[str, list[QARecord]]
+    resizable: list[str] = field(default_factory=list)
+    first_index: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if MAIN_VAL_SET not in self.val_sets:
+            raise DataError(f"a task's validation sets must include '{MAIN_VAL_SET}' (got {sorted(self.val_sets)})")
+        self.val_sets = {MAIN_VAL_SET: self.val_sets[MAIN_VAL_SET], **self.val_sets}
+        unknown = set(self.resizable) - set(self.val_sets)
+        if unknown:
+            raise DataError(f"resizable sets {sorted(unknown)} are not validation sets of the task")
+
+
+class Task:
+    """A question/answer task whose answers are numbers. Subclass it and override ``load``; the rest has defaults.
+
+    - ``load``: the records (read or generated, validated, so that bad input fails before any model loads).
+    - ``target``: the text the model is trained to write after the prompt (EOS is appended for it): the
+      record's own ``target`` when it has one (a worked answer), else ``<answer>NUMBER</answer>``.
+    - ``parse``: the numbers in generated texts, NaN where there is none (default: the ``<answer>`` tag).
+    - ``completion``: the generation hook. Given a row's text so far, the text to write for it at once (its end
+      included), or None to let the model go on. Called only when ``model.calculator`` is on.
+    - ``describe``: where a training record comes from, for reports of a bad step.
+    """
+
+    def load(self, seed: int, significant_digits: int) -> TaskData:
+        """The task's records. ``seed`` (``data.seed``) seeds a generator, ``significant_digits``
+        (``data.significant_digits``) rounds written answers; a task may ignore both."""
+        raise NotImplementedError(f"{type(self).__name__} must implement load(seed, significant_digits) -> TaskData")
+
+    def target(self, record: QARecord, significant_digits: int) -> str:
+        """The supervised text of ``record``: its own target, else the bare tag with the rounded answer."""
+        return record.target or format_answer(record.answer, significant_digits)
+
+    def parse(self, texts: list[str]) -> Tensor:
+        """The number each text answers (float64, NaN for none)."""
+        return parse_answers(texts)
+
+    # A cheap pre-check for ``completion``: when set, it is only called after a token whose text ends with this.
+    completion_trigger: str | None = None
+
+    def completion(self, text: str) -> str | None:
+        """Text to force after ``text`` (ending the answer), or None: no hook by default."""
+        return None
+
+    def describe(self, index: int, record: QARecord) -> str:
+        """Where training record ``index`` is: its place in a file when it has one."""
+        return record.origin or f"training record {index}"
+
+    @property
+    def has_completion(self) -> bool:
+        """Whether the task overrides ``completion`` (then generation calls it)."""
+        return type(self).completion is not Task.completion

@@ -1,0 +1,54 @@
+"""Worked answers: the conversion written out before the answer, e.g. ``1 ft = 0.305 m; 6×0.305=``.
+
+A bare ``<answer>1.83</answer>`` asks a 135M model to learn every (unit pair, quantity)
+product as one opaque fact. Written out, the target splits into what transfers: naming the two
+units in one canonical spelling (whatever the question used), the pair's factor (one fact per
+pair, the same for every quantity) and a multiplication (one skill for all pairs). Measured on the
+same CPU budget this is the single largest gain (docs/learning.md, "Learning per CPU-minute").
+
+The factor is rounded to 3 significant digits (at most 0.5% off, well inside the 5% tolerance),
+and the answer is the product of the numbers shown, so the arithmetic the model learns is
+exact. Temperatures are affine, so they name the units first and are worked in two visible steps:
+``°F to °C: (100-32)/1.8=68/1.8=``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sft_lightning.prompt import format_number
+from sft_lightning.tasks.unit_conversion.units import BY_KEY, pair_factor
+
+FACTOR_DIGITS = 3
+
+# (source, target) -> the whole expression, the first sub-result, the expression after it, the rest.
+_TEMPERATURE: dict[tuple[str, str], tuple[str, Callable[[float], float], str, Callable[[float], float]]] = {
+    ("celsius", "fahrenheit"): ("{q}×1.8+32", lambda x: x * 1.8, "{a}+32", lambda a: a + 32),
+    ("fahrenheit", "celsius"): ("({q}-32)/1.8", lambda x: x - 32, "{a}/1.8", lambda a: a / 1.8),
+    ("fahrenheit", "kelvin"): ("({q}-32)/1.8+273.15", lambda x: x - 32, "{a}/1.8+273.15", lambda a: a / 1.8 + 273.15),
+    ("kelvin", "fahrenheit"): ("({q}-273.15)×1.8+32", lambda x: x - 273.15, "{a}×1.8+32", lambda a: a * 1.8 + 32),
+    ("celsius", "kelvin"): ("{q}+273.15", lambda x: x + 273.15, "", lambda a: a),
+    ("kelvin", "celsius"): ("{q}-273.15", lambda x: x - 273.15, "", lambda a: a),
+}
+
+
+def working(quantity: float, source: str, target: str) -> tuple[str, float]:
+    """The text written before ``<answer>`` and the value that text computes.
+
+    ``source``/``target`` are canonical unit keys of one family.
+    """
+    q = _plain(quantity)
+    if BY_KEY[source].family == "temperature":
+        whole, first, rest, finish = _TEMPERATURE[(source, target)]
+        inner = round(first(quantity), 6)
+        steps = whole.format(q=q) + "=" + (rest.format(a=_plain(inner)) + "=" if rest else "")
+        return f"{BY_KEY[source].symbol} to {BY_KEY[target].symbol}: {steps}", finish(inner)
+    factor = float(format_number(pair_factor(source, target), FACTOR_DIGITS))
+    f = _plain(factor)
+    text = f"1 {BY_KEY[source].symbol} = {f} {BY_KEY[target].symbol}; {q}×{f}="
+    return text, quantity * factor
+
+
+def _plain(value: float) -> str:
+    """A number as the working writes it: no separators, no exponent, no trailing zeros."""
+    return format_number(value, 12)
