@@ -22,6 +22,7 @@ Where each piece happens (and why there):
 from __future__ import annotations
 
 import logging
+import math
 import weakref
 from typing import Any, Literal
 
@@ -43,6 +44,7 @@ from .measure import Measured, StepMeter, Trainable, named_norms, weights_nonfin
 from .precision import active_scaler, scale_tensor
 from .provenance import Provenance
 from .public_state import PublicState
+from .ranks import gather_views, own_view, rank_clause
 from .replay import record, spike_samples, trace
 from .schedule_hold import ScheduleHold
 from .skip_list import SkipList
@@ -204,6 +206,7 @@ class GradientHealth(PublicState, Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._meter.start(trainer.accumulate_grad_batches)
+        self._meter.sharded = pf.is_sharded(trainer)
         self._first_batch_checked = False
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -360,9 +363,10 @@ class GradientHealth(PublicState, Callback):
         self._counters.count(action, spike=spike)
         path = rp.report_path(self._report_dir or trainer.default_root_dir, trainer.global_rank)
         batch_idx = self._meter.batch_idx
+        views = self._rank_views(trainer, context, provenance) if where == "optimizer_step" else None
         message = rp.message(
             trainer, batch_idx=batch_idx, diagnosis=decision.diagnosis, action=action, reason=reason,
-            on_nonfinite=mode, provenance=provenance, path=path,
+            on_nonfinite=mode, provenance=provenance, path=path, ranks=rank_clause(views, trainer.global_rank, spike),
         )
         snap = self._recovery.snapshots.get(id(optimizer)) if optimizer is not None else None
         trip = rp.trip_record(
@@ -373,6 +377,8 @@ class GradientHealth(PublicState, Callback):
             rollback_to_step=snap.step if (action == "rollback" and snap is not None) else None,
             provenance=provenance,
         )
+        if views is not None:
+            trip["ranks"] = views
         self._trips.append(trip)
         written = rp.write_trip(path, trip)
         # every rank trips at this step, so the list is gathered from all of them (add runs on every rank)
@@ -388,6 +394,14 @@ class GradientHealth(PublicState, Callback):
             abort(message, diagnosis=decision.diagnosis, global_step=trainer.global_step, report_path=written,
                   error=TrainingSpikeError if spike else NonFiniteTrainingError)
         return action
+
+    def _rank_views(self, trainer: pl.Trainer, context: dict[str, Any], provenance: Provenance | None) -> list | None:
+        """Every rank's own view of this step (several ranks only; every rank trips here, so one gather)."""
+        if trainer.world_size <= 1:
+            return None
+        local = self._meter.local_flags.tolist() if self._meter.local_flags is not None else None
+        report = rp.report_file(trainer.global_rank)
+        return gather_views(own_view(trainer.global_rank, local, provenance, context.get("loss"), context.get("grad_norm", math.nan), report))
 
     def _trip_outside_step(self, trainer: pl.Trainer, where: str) -> None:
         """Weights found non-finite after an update (train end, checkpoint): abort, or roll back every optimiser."""

@@ -87,6 +87,8 @@ class StepMeter:
         self.interval = IntervalMax()
         self.window: deque[Any] = deque(maxlen=1)  # the micro-batches of this optimiser step (RecordedBatch)
         self.batch_idx = -1
+        self.local_flags: Tensor | None = None  # this rank's own flags of the last step (device; read at a trip)
+        self.sharded = False  # FSDP: each rank's gradients are a shard; the norm is over all ranks' shards
         self._post_checks: dict[int, Trainable] = {}
         self.reset()
 
@@ -171,15 +173,19 @@ class StepMeter:
             if self.loss_sum is not None
             else torch.full((), math.nan, device=device)
         )
+        self.local_flags = flags  # the all-reduce below works on a new tensor: these stay this rank's own
         # the loss and the norm travel in the same collective (summed: the ranks' mean), so the spike rule, like
         # the NaN rules, sees the same numbers on every rank
-        reduced = all_reduce_sum(trainer, torch.cat([flags, torch.stack([gnorm, loss.float()])]))  # the one collective
+        local = torch.stack([gnorm, loss.float(), gnorm.float() * gnorm.float()])
+        reduced = all_reduce_sum(trainer, torch.cat([flags, local]))  # the one collective
         scale = scale_t.to(device=device, dtype=torch.float32).reshape(()) if scale_t is not None else loss.new_full((), math.nan)
         values = torch.cat([reduced, torch.stack([gnorm, loss, scale]), grad_norms, param_norms]).tolist()  # THE sync
         had_loss = self.loss_sum is not None
         self.reset()
         n, g, world = len(FLAG_NAMES), len(grad_order), max(trainer.world_size, 1)
-        m = n + 2  # after the reduced vector
+        m = n + 3  # after the reduced vector
+        if self.sharded:  # the true norm of the whole gradient: every rank's shard, squared and summed
+            values[m] = math.sqrt(values[n + 2]) if values[n + 2] >= 0 else math.nan
         return Measured(
             flags=StepFlags.from_values(values[:n]),
             grad_norm=values[m],
@@ -189,7 +195,7 @@ class StepMeter:
             param_norms=[(trainable.names[i], v) for i, v in zip(param_order, values[m + 3 + g :])],
             grad_order=grad_order,
             grad_values=values[m + 3 : m + 3 + g],
-            ranks_grad_norm=values[n] / world,
+            ranks_grad_norm=values[m] if self.sharded else values[n] / world,
             ranks_loss=values[n + 1] / world if had_loss else None,
         )
 

@@ -123,14 +123,21 @@ def missing_label_key(label_key: str) -> str:
 
 
 def refuse_sharded(trainer: pl.Trainer) -> None:
-    """FSDP/DeepSpeed shard or own the gradients: per-rank norms would be of shards, decisions per shard."""
+    """DeepSpeed owns the gradients and the step; FSDP2 (``ModelParallelStrategy``) shards into DTensors that the
+    norm pass does not read. ``FSDPStrategy`` (and its subclasses) is supported: see ``is_sharded``."""
     strategy = trainer.strategy
-    if isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
+    if isinstance(strategy, (DeepSpeedStrategy, ModelParallelStrategy)):
         raise GradientHealthConfigError(
-            f"{type(strategy).__name__} is not supported: its gradients are sharded (or owned by the engine), so"
-            " per-rank norms would miss most of the model and a rollback would restore shards. Fix: use"
-            " strategy='ddp' (or a single device), or remove GradientHealth from the callbacks."
+            f"{type(strategy).__name__} is not supported: its gradients are owned by the engine or sharded as DTensors,"
+            " so the norms and a rollback would not see the whole model. Fix: use strategy='fsdp' or 'ddp' (or a"
+            " single device), or remove GradientHealth from the callbacks."
         )
+
+
+def is_sharded(trainer: pl.Trainer) -> bool:
+    """Under ``FSDPStrategy`` each rank holds a shard of every gradient: the global norm is the square root of
+    the ranks' summed squares, and a replay must run through the FSDP root (which gathers the weights)."""
+    return isinstance(trainer.strategy, FSDPStrategy)
 
 
 class TargetCheck:

@@ -49,9 +49,16 @@ def gather_views(view: dict[str, Any]) -> list[dict[str, Any]] | None:
     return views
 
 
+# Under DDP the gradients are averaged across ranks in backward, so a non-finite gradient shows on every rank:
+# it names the ranks that carried a fault only when no rank has more direct evidence.
+_SHARED = {"grad_nan", "grad_inf"}
+
+
 def carriers(views: list[dict[str, Any]]) -> list[int]:
-    """Ranks that saw the fault themselves: a local flag, or a replay that found a non-finite value."""
-    return [v["rank"] for v in views if v["flags"] or v["found"]]
+    """Ranks that saw the fault in their own values: a non-finite loss, an empty batch, broken weights, or a replay
+    that found a non-finite value; failing those, the ranks whose gradients were non-finite."""
+    direct = [v["rank"] for v in views if set(v["flags"]) - _SHARED or v["found"]]
+    return direct or [v["rank"] for v in views if v["flags"]]
 
 
 def rank_clause(views: list[dict[str, Any]] | None, rank: int, spike: bool) -> str | None:
@@ -69,10 +76,10 @@ def rank_clause(views: list[dict[str, Any]] | None, rank: int, spike: bool) -> s
         others = [r for r in carried if r != rank]
         return f"carried by this rank (rank {rank})" + (f" and rank(s) {others}" if others else "")
     first = next(v for v in views if v["rank"] == carried[0])
-    what = "; ".join(_FLAG_WORDS.get(f, f) for f in first["flags"]) or "its replay"
+    what = "; ".join(_FLAG_WORDS.get(f, f) for f in first["flags"] if f not in _SHARED) or "its replay"
     pointer = f"carried by rank {first['rank']} ({what}; its report {first['report']}"
     pointer += f": {first['found']})" if first["found"] else ")"
-    return f"this rank's own loss, gradients and weights were finite; {pointer}"
+    return f"this rank's own loss and weights were finite; {pointer}"
 
 
 def _num(value: float | None) -> str:

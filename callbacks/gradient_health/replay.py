@@ -24,6 +24,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from torch import Tensor, nn
 
@@ -64,25 +65,44 @@ def trace(
     multiplier = (float(scaler.get_scale()) if scaler is not None else 1.0) / trainer.accumulate_grad_batches
     found: Provenance | None = None
     recorded: RecordedBatch | None = None
+    sharded = isinstance(trainer.strategy, FSDPStrategy)
+    first: tuple[Provenance, RecordedBatch] | None = None
     for recorded in window:
         batch_size = batch_size_of(recorded.batch, find(recorded.batch, sample_id_key))
         try:
             found = replay(
                 pl_module,
                 recorded,
-                training_step=training_step_of(pl_module),
+                training_step=sharded_training_step(trainer) if sharded else training_step_of(pl_module),
                 precision_context=trainer.precision_plugin.train_step_context,
                 loss_multiplier=multiplier,
                 batch_size=batch_size,
+                backward=not sharded,
             )
         except Exception as err:  # noqa: BLE001 - the trip must be reported even when the replay cannot run
             found = Provenance(UNAVAILABLE, detail=f"provenance unavailable: the replay raised {err!r}")
         if found.status != FINITE:
-            break
+            if not sharded:
+                break
+            first = first or (found, recorded)  # under FSDP every rank replays every micro-batch, so that the
+    if first is not None:  # forward's all-gathers line up across ranks; the first finding is the answer
+        found, recorded = first
     if found is None or recorded is None:
         return Provenance(UNAVAILABLE, detail="no replay: the step's batch was not seen by on_train_batch_start")
     found.samples = samples(trainer, pl_module, recorded, found, sample_id_key)
     return found
+
+
+def sharded_training_step(trainer: pl.Trainer) -> Callable[[Any, int], Any]:
+    """``training_step`` through the FSDP root, as the strategy calls it, so that the root gathers the weights;
+    every rank runs it at the same trip (the forward issues collectives). Replayed forward-only, without grad."""
+    strategy = trainer.strategy
+
+    def step(batch: Any, batch_idx: int) -> Any:
+        with torch.no_grad():
+            return strategy._forward_redirection(strategy.model, strategy.lightning_module, "training_step", batch, batch_idx)
+
+    return step
 
 
 def training_step_of(pl_module: pl.LightningModule) -> Any:
@@ -102,8 +122,10 @@ def replay(
     precision_context: Callable[[], contextlib.AbstractContextManager[Any]],
     loss_multiplier: float,
     batch_size: int | None,
+    backward: bool = True,
 ) -> Provenance:
     """Replay one micro-batch through ``training_step`` with hooks; name where the first non-finite value appeared.
+    ``backward=False`` (FSDP) replays the forward only: a backward fault is then reported as not found.
 
     ``loss_multiplier`` reproduces what the trainer did to the loss before backward (loss-scaler scale divided by
     the accumulation factor), so a backward overflow under fp16 happens again at the same place.
@@ -119,7 +141,7 @@ def replay(
         found = tracer.forward_finding
         if found is None:
             found = _judge_loss(loss, tracer.max_output)
-        if found is None and loss is not None:
+        if found is None and loss is not None and backward:
             params = [p for p in module.parameters() if p.requires_grad]
             if params and loss.requires_grad:
                 torch.autograd.grad(loss * loss_multiplier, params, allow_unused=True)

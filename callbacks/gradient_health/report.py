@@ -88,8 +88,10 @@ def message(
     on_nonfinite: str,
     provenance: Provenance | None,
     path: Any,
+    ranks: str | None = None,
 ) -> str:
-    """The one line a user reads: what, where it started, which samples, what was done, the report, the fix."""
+    """The one line a user reads: what, where it started (``ranks``: which rank carried it), which samples, what
+    was done, the report, the fix."""
     parts = [
         f"GradientHealth: {diagnosis} at global step {trainer.global_step} (epoch {trainer.current_epoch},"
         f" batch {batch_idx}"
@@ -98,6 +100,8 @@ def message(
         + (f" ({reason})" if reason else "")
     ]
     fix = advice(diagnosis, on_nonfinite)
+    if ranks:
+        parts.append(ranks)
     if provenance is not None:
         parts.append(provenance.summary())
         samples = provenance.samples.get("nonfinite_ids") or provenance.samples.get("spike_ids")

@@ -18,9 +18,8 @@ Why these:
   deviation of Gaussian noise, so ``threshold`` reads as "robust sigmas".
 * **a short level and a noise from differences**: training is not stationary (a loss falling 100x in the first
   hundred steps, a norm rising through warm-up). A median and MAD of the values over 128 steps would take the
-  trend for noise: right after such a phase the MAD is large and a 10x spike goes unseen (measured: a 10x spike
-  injected into the project's series was caught at 73% of the steps by that rule at threshold 6, at 92% by this
-  one at threshold 7, each one step above its last false alarm; ``benchmarks/spike_false_alarms.py``). Differences cancel a trend (it only
+  trend for noise: right after such a phase the MAD is large and a 10x spike goes unseen (the two rules compared on
+  injected spikes: ``benchmarks/spike_false_alarms.py``, results in ``docs/callback.md``). Differences cancel a trend (it only
   shifts their median), so the MAD of the differences is the step-to-step noise; the median of the last 16 values
   follows a trend with a lag of ~8 steps, which is small against that noise.
 * **a minimum history** before any decision, and the floor on sigma: a plateau that repeats the same value would

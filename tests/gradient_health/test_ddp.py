@@ -139,6 +139,8 @@ def test_ddp_skip_decided_by_all_reduce_for_a_fault_only_one_rank_can_see(tmp_pa
         assert r["error"] is None and r["global_step"] == 5
         assert [(t["global_step"], t["action"], t["diagnosis"]) for t in r["trips"]] == [(2, "skip", dx.D_EMPTY_BATCH)]
         assert r["trips"][0]["flags_rank_count"]["empty_batch"] == 1
+    assert "carried by rank 1 (batch without targets; its report grad_health_report.rank1.json)" in r0["trips"][0]["message"]
+    assert "carried by this rank (rank 1)" in r1["trips"][0]["message"]
     assert r0["weights"] == r1["weights"]  # same action at the same step keeps the replicas identical
 
 
@@ -154,6 +156,11 @@ def test_ddp_replay_names_the_module_on_the_rank_whose_batch_went_bad(tmp_path: 
     assert (bad["status"], bad["module"], bad["where"], bad["inputs_finite"]) == ("forward", "hidden", "forward output", True)
     assert "rank 1" in r1["trips"][0]["message"] and "first non-finite: hidden forward output" in r1["trips"][0]["message"]
     assert good["status"] == "finite"
+    # each message says which rank carried it; the healthy rank's points to the one that did, and its report
+    assert "carried by this rank (rank 1)" in r1["trips"][0]["message"]
+    healthy = r0["trips"][0]["message"]
+    assert "rank 0) -> abort; this rank's own loss and weights were finite; carried by rank 1 (loss nan;" in healthy
+    assert "its report grad_health_report.rank1.json: first non-finite: hidden forward output" in healthy
     report = json.loads((tmp_path / "out" / "grad_health_report.rank1.json").read_text())
     assert report["trips"][-1]["provenance"]["module"] == "hidden"
     assert r0["weights"] == r1["weights"]

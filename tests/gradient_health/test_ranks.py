@@ -26,13 +26,19 @@ LOSS_NAN = [1.0] + [0.0] * 6
     [
         # rank 1's loss went NaN in "hidden"; rank 0's own values were finite and its replay found nothing
         (views((HEALTHY, Provenance(FINITE)), (LOSS_NAN, HIDDEN)), 0,
-         "this rank's own loss, gradients and weights were finite; carried by rank 1 (loss nan; its report "
+         "this rank's own loss and weights were finite; carried by rank 1 (loss nan; its report "
          "report1.json: first non-finite: hidden forward output (float32, inputs finite))"),
         (views((HEALTHY, Provenance(FINITE)), (LOSS_NAN, HIDDEN)), 1, "carried by this rank (rank 1)"),
         (views((LOSS_NAN, None), (LOSS_NAN, None)), 0, "carried by this rank (rank 0) and rank(s) [1]"),
         (views((HEALTHY, None), ([0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0], None)), 0,
-         "this rank's own loss, gradients and weights were finite; carried by rank 1 (batch without targets; its report report1.json)"),
+         "this rank's own loss and weights were finite; carried by rank 1 (batch without targets; its report report1.json)"),
         (views((HEALTHY, None), (HEALTHY, None)), 0, "no rank saw it in its own values (a fault of the collective itself?)"),
+        # DDP averages gradients in backward: rank 0's NaN gradients are rank 1's loss, not a fault of its own
+        (views(([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0], Provenance(FINITE)), ([1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0], HIDDEN)), 0,
+         "this rank's own loss and weights were finite; carried by rank 1 (loss nan; its report "
+         "report1.json: first non-finite: hidden forward output (float32, inputs finite))"),
+        (views(([0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0], None), ([0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0], None)), 1,
+         "carried by this rank (rank 1) and rank(s) [0]"),
         (None, 0, None),
     ],
 )

@@ -1,0 +1,171 @@
+"""GradientHealth under FSDP, 2 processes on CPU (gloo): the global norm over shards, one decision on every rank,
+skip and rollback of sharded weights and optimiser state, and a replay that names the module without a hang.
+
+Lightning refuses ``strategy="fsdp"`` on a CPU and would wrap with a ``None`` device id that torch's FSDP refuses;
+the ``CPUFSDP`` subclass in the script gets past both (the callback accepts any ``FSDPStrategy`` subclass).
+Both ranks read the same batches, so the data-parallel gradient is that batch's gradient and a single process on
+the same batches is the reference for the norm.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from callbacks.gradient_health import decide as dx
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT_S = 120
+FAULT_STEP = 2
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, logging, math, os, sys, warnings
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    import lightning as L
+    import torch
+    from torch import nn
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from callbacks import GradientHealth, NonFiniteTrainingError
+
+    mode, out, case, devices = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    FAULT_STEP = __FAULT_STEP__
+
+    class CPUFSDP(FSDPStrategy):
+        def _setup_model(self, model):
+            return FullyShardedDataParallel(module=model, device_id=torch.device("cpu"), use_orig_params=True)
+
+        def _determine_device_ids(self):
+            return None
+
+    class Poison(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.on = False
+
+        def forward(self, x):
+            return torch.tanh(x) * (math.nan if self.on else 1.0)
+
+    class Model(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.inp, self.act, self.out = nn.Linear(8, 32), Poison(), nn.Linear(32, 1)
+            self.local = {}
+
+        def training_step(self, batch, batch_idx):
+            self.act.on = case == "nan_on_rank1" and self.global_rank == 1 and self.global_step == FAULT_STEP
+            x, y = batch
+            return ((self.out(self.act(self.inp(x))).squeeze(-1) - y) ** 2).mean()
+
+        def on_train_batch_start(self, batch, batch_idx):
+            self.local[self.global_step] = [p.detach().clone().reshape(-1).tolist() for p in self.parameters()]
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-2)
+
+    class Norms(L.Callback):
+        def __init__(self):
+            self.norms = {}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            value = trainer.callback_metrics.get("grad_health/grad_norm")
+            if value is not None:
+                self.norms[trainer.global_step - 1] = float(value)
+
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(4, 8, generator=g), torch.randn(4, generator=g)) for _ in range(6)]
+    cb, norms, model = GradientHealth(on_nonfinite=mode, report_dir=out, label_key=None), Norms(), Model()
+    strategy = CPUFSDP() if devices > 1 else "auto"
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=5, logger=False,
+                        log_every_n_steps=1, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, use_distributed_sampler=False, callbacks=[cb, norms])
+    error = None
+    try:
+        trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=None))
+    except NonFiniteTrainingError as e:
+        error = {"global_step": e.global_step, "diagnosis": e.diagnosis}
+    after = [p.detach().clone().reshape(-1).tolist() for p in model.parameters()]
+    result = {
+        "rank": trainer.global_rank, "error": error, "global_step": trainer.global_step, "norms": norms.norms,
+        "trips": [{k: t[k] for k in ("global_step", "action", "diagnosis", "provenance", "message")} for t in cb.trips],
+        "local": {str(k): v for k, v in model.local.items()}, "after": after,
+    }
+    with open(os.path.join(out, f"result_rank{trainer.global_rank}.json"), "w") as fh:
+        json.dump(result, fh)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    """
+).replace("__FAULT_STEP__", str(FAULT_STEP))
+
+
+def run(tmp_path: Path, mode: str, case: str, devices: int) -> list[dict[str, Any]]:
+    work = tmp_path / f"{case}-{mode}-{devices}"
+    work.mkdir()
+    script = work / "fsdp_fit.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), mode, str(work), case, str(devices)], cwd=work, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"FSDP run hung for {TIMEOUT_S}s (a rank was left waiting):\n{output[-4000:]}")
+    assert proc.returncode == 0, output[-4000:]
+    return [json.loads((work / f"result_rank{rank}.json").read_text()) for rank in range(devices)]
+
+
+@pytest.mark.slow
+def test_fsdp_logs_the_global_norm_of_the_unsharded_gradient(tmp_path: Path) -> None:
+    (reference,) = run(tmp_path, "abort", "healthy", devices=1)
+    r0, r1 = run(tmp_path, "abort", "healthy", devices=2)
+    assert reference["norms"] and r0["norms"].keys() == reference["norms"].keys() == r1["norms"].keys()
+    for step, expected in reference["norms"].items():
+        assert math.isclose(r0["norms"][step], expected, rel_tol=1e-5), (step, r0["norms"][step], expected)
+        assert r1["norms"][step] == r0["norms"][step]
+    # each rank holds a shard: its own parameters are pieces, not the model (the norm above is not per rank)
+    assert sum(map(len, r0["after"])) + sum(map(len, r1["after"])) >= sum(map(len, reference["after"]))
+    assert sum(map(len, r0["after"])) < sum(map(len, reference["after"]))
+
+
+@pytest.mark.slow
+def test_fsdp_abort_stops_both_ranks_and_names_the_module_on_the_rank_that_carried_it(tmp_path: Path) -> None:
+    r0, r1 = run(tmp_path, "abort", "nan_on_rank1", devices=2)
+    for r in (r0, r1):
+        assert r["error"] == {"global_step": FAULT_STEP, "diagnosis": dx.D_LOSS_NAN} and r["global_step"] == FAULT_STEP
+    bad, good = r1["trips"][0], r0["trips"][0]
+    assert (bad["provenance"]["status"], bad["provenance"]["module"]) == ("forward", "act")
+    assert "carried by this rank (rank 1)" in bad["message"] and "first non-finite: act forward output" in bad["message"]
+    assert good["provenance"]["status"] == "finite"
+    assert "carried by rank 1 (loss nan; its report grad_health_report.rank1.json: first non-finite: act" in good["message"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["skip", "rollback"])
+def test_fsdp_skip_and_rollback_leave_every_shard_as_it_was(tmp_path: Path, mode: str) -> None:
+    r0, r1 = run(tmp_path, mode, "nan_on_rank1", devices=2)
+    for r in (r0, r1):
+        assert r["error"] is None and r["global_step"] == 5
+        assert [(t["global_step"], t["action"]) for t in r["trips"]] == [(FAULT_STEP, mode)]
+        # skip: the shard this rank holds is the same after the faulty step as before it; rollback: as the last
+        # snapshot left it (taken before the previous step's update), optimiser state included
+        restored_to = FAULT_STEP if mode == "skip" else FAULT_STEP - 1
+        assert r["local"][str(FAULT_STEP + 1)] == r["local"][str(restored_to)]
+        assert r["local"][str(FAULT_STEP)] != r["local"][str(FAULT_STEP - 1)]
+        assert all(math.isfinite(v) for p in r["after"] for v in p)
