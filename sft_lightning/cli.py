@@ -199,6 +199,7 @@ class SFTLightningCLI(LightningCLI):
 
     def _print_summary(self, stage: str) -> None:
         trainer = self.trainer
+        run_dir = trainer.log_dir  # on every rank: it broadcasts from rank 0 under DDP
         if not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -218,8 +219,8 @@ class SFTLightningCLI(LightningCLI):
             best = getattr(trainer.checkpoint_callback, "last_model_path", "") if trainer.checkpoint_callback else ""
             if best:
                 lines.append(f"{'last checkpoint':<16} {best}")
-        if trainer.log_dir:
-            lines.append(f"{'run directory':<16} {Path(trainer.log_dir)}")
+        if run_dir:
+            lines.append(f"{'run directory':<16} {Path(run_dir)}")
         print("\n".join(lines), flush=True)
 
 
@@ -369,6 +370,13 @@ class _DropMessages(logging.Filter):
         return not any(fragment in message for fragment in self.fragments)
 
 
+def _close_process_group() -> None:
+    """After a multi-process run: tear gloo/NCCL down before the interpreter exits, where its threads could still
+    be running and abort the process ("terminate called without an active exception")."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def main(args: list[str] | None = None) -> None:
     quiet_dependencies()
     argv = list(sys.argv[1:] if args is None else args)
@@ -378,6 +386,7 @@ def main(args: list[str] | None = None) -> None:
             importlib.import_module(f"sft_lightning.{argv[0]}").main(argv[1:])
         else:
             build_cli(args)
+            _close_process_group()
     except EXPECTED_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

@@ -9,7 +9,6 @@ base, which is rebuilt from its source on resume.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import warnings
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor
 from torch.optim import Optimizer
@@ -42,6 +41,7 @@ from sft_lightning.predict import Prediction, make_predictions
 from sft_lightning.schedule import lr_factor
 from sft_lightning.tasks.base import Task
 from sft_lightning.throughput import TokenThroughput
+from sft_lightning.val_samples import report_val_samples
 from sft_lightning.validation_timing import Ending, plan_final_validation
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -142,6 +142,7 @@ class SFTModule(L.LightningModule):
         self.val_metrics = torch.nn.ModuleDict({MAIN_VAL_SET: AnswerMetrics(relative_tolerance)})
         self._samples: list[dict[str, Any]] = []
         self.task: Task | None = None  # without a data module (``ask``): the run's task, set by ``load_trained``
+        self._export_dir: Path | None = None
         self._window_mean = WindowTokenMean()
         self._window_complete = False
         self._throughput = TokenThroughput()
@@ -329,23 +330,12 @@ class SFTModule(L.LightningModule):
             for key, value in metrics.compute().items():
                 self.log(f"{name}/{key}", value, prog_bar=name == MAIN_VAL_SET)
             metrics.reset()
-        self._report_samples(self._samples[: self.hparams.num_logged_samples])
-        self._samples = []
-
-    @rank_zero_only
-    def _report_samples(self, samples: list[dict[str, Any]]) -> None:
-        if not samples or self.trainer.sanity_checking:
-            return
-        lines = [f"validation samples (step {self.global_step}):"]
-        lines += [f"  Q: {s['question']}\n     expected {s['expected']:.6g} | output {s['output']!r}" for s in samples]
-        rank_zero_info("\n".join(lines))
-        # only into a run directory: without a logger, log_dir is the current directory
+        # only into a run directory (without a logger, log_dir is the current directory); resolved on every rank,
+        # since trainer.log_dir broadcasts from rank 0 under DDP
         log_dir = self.trainer.log_dir if self.trainer.loggers else None
-        if log_dir:
-            Path(log_dir).mkdir(parents=True, exist_ok=True)
-            with open(Path(log_dir) / "val_samples.jsonl", "a", encoding="utf-8") as f:
-                for s in samples:
-                    f.write(json.dumps({"step": self.global_step, **s}) + "\n")
+        if not self.trainer.sanity_checking:
+            report_val_samples(self._samples[: self.hparams.num_logged_samples], self.global_step, log_dir)
+        self._samples = []
 
     # --------------------------------------------------------------------------- predict
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:
@@ -427,11 +417,13 @@ class SFTModule(L.LightningModule):
             )
 
     def on_train_end(self) -> None:
+        out_dir = self.export_dir  # on every rank: trainer.log_dir broadcasts from rank 0 under DDP
         if self.trainer.is_global_zero and self.model is not None:
-            out = export_adapter(self.model, self.tokenizer, self.export_dir)
-            rank_zero_info(f"adapter exported to {out}")
+            rank_zero_info(f"adapter exported to {export_adapter(self.model, self.tokenizer, out_dir)}")
 
     @property
     def export_dir(self) -> Path:
-        root = self.trainer.log_dir or self.trainer.default_root_dir
-        return Path(root) / self.hparams.export_dir_name
+        """``<run directory>/<export_dir_name>``, resolved once (then rank 0 alone may ask again, e.g. the summary)."""
+        if self._export_dir is None:
+            self._export_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir) / self.hparams.export_dir_name
+        return self._export_dir

@@ -38,7 +38,7 @@ class SignalAt(Callback):
             os.kill(os.getpid(), self.signum)
 
 
-def fit(cwd: Path, *extra: str) -> subprocess.CompletedProcess:
+def fit(cwd: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -48,7 +48,7 @@ def fit(cwd: Path, *extra: str) -> subprocess.CompletedProcess:
     args = ["fit", "--config", str(REPO / "configs" / "smoke.yaml"), "--trainer.max_steps", str(MAX_STEPS)]
     # Validation still runs every 4 steps (it shapes the loop state that is saved), but briefly.
     args += ["--data.val_size", "4", "--model.max_new_tokens", "2", *extra]
-    return subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def adapter_weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -424,10 +424,11 @@ class GradientHealth(PublicState, Callback):
 
         A pre-hook (not ``on_save_checkpoint``) because Lightning skips callback hooks for weights-only
         checkpoints, and because it runs before the checkpoint dict is built, so a rollback here is what gets saved.
-        Local check only (no collective): state_dict may legitimately be called on one rank.
+        Local check only (no collective): state_dict may legitimately be called on one rank. Not under FSDP, whose
+        own state_dict hooks re-point the parameters at gathered storage: there every step's weight checks stand.
         """
         trainer = self._trainer_ref() if self._trainer_ref is not None else None
-        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING or self._meter.sharded:
             return
         params = [p for t in self._meter.trainables.values() for p in t.params] or [
             p for p in module.parameters() if p.requires_grad
