@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -18,6 +16,8 @@ from typing import Any
 import pytest
 
 from callbacks.gradient_health import decide as dx
+
+from ._multiprocess import run_script
 
 TESTS_DIR = Path(__file__).resolve().parents[1]  # where _toy_models lives
 REPO_ROOT = TESTS_DIR.parent
@@ -95,22 +95,7 @@ def run_ddp(tmp_path: Path, mode: str, case: str) -> list[dict[str, Any]]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(REPO_ROOT), env.get("PYTHONPATH", "")])
     env.pop("LOCAL_RANK", None)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), mode, str(out), case],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # rank 1 is rank 0's child: kill the whole group on timeout
-    )
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"DDP run hung for {TIMEOUT_S}s (a rank was left waiting):\n{output[-4000:]}")
-    assert proc.returncode == 0, output[-4000:]
+    output = run_script([sys.executable, str(script), mode, str(out), case], tmp_path, env, TIMEOUT_S, "DDP")
     results = []
     for rank in (0, 1):
         path = out / f"result_rank{rank}.json"

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -22,6 +20,8 @@ from typing import Any
 import pytest
 
 from callbacks.gradient_health import decide as dx
+
+from ._multiprocess import run_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 120
@@ -117,17 +117,7 @@ def run(tmp_path: Path, mode: str, case: str, devices: int) -> list[dict[str, An
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("LOCAL_RANK", None)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), mode, str(work), case, str(devices)], cwd=work, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"FSDP run hung for {TIMEOUT_S}s (a rank was left waiting):\n{output[-4000:]}")
-    assert proc.returncode == 0, output[-4000:]
+    run_script([sys.executable, str(script), mode, str(work), case, str(devices)], work, env, TIMEOUT_S, "FSDP")
     return [json.loads((work / f"result_rank{rank}.json").read_text()) for rank in range(devices)]
 
 
