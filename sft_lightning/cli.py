@@ -374,6 +374,7 @@ def _close_process_group() -> None:
     """After a multi-process run: tear gloo/NCCL down before the interpreter exits, where its threads could still
     be running and abort the process ("terminate called without an active exception")."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # no rank tears down while another still has work in flight
         torch.distributed.destroy_process_group()
 
 

@@ -76,10 +76,15 @@ class WindowTokenMean:
         self.reference_tokens: Tensor | None = None
         self._window_tokens: Tensor = torch.zeros((), dtype=torch.long)
 
-    def loss(self, loss_sum: Tensor, n_tokens: Tensor) -> Tensor:
-        """What ``training_step`` returns for one micro-batch; counts its tokens into the window."""
+    def loss(self, loss_sum: Tensor, n_tokens: Tensor, mean_over_ranks: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """What ``training_step`` returns for one micro-batch; counts its tokens into the window.
+
+        ``mean_over_ranks`` (several processes): the reference count is the ranks' mean, one count for all, since
+        the gradients are averaged over ranks before ``rescale_gradients`` multiplies them by it (a count per rank
+        would scale the same averaged gradient differently on each rank: DDP replicas would drift apart)."""
         if self.reference_tokens is None:
-            self.reference_tokens = n_tokens.detach().clamp(min=1).float()
+            reference = n_tokens.detach().clamp(min=1).float()
+            self.reference_tokens = mean_over_ranks(reference) if mean_over_ranks is not None else reference
         self._window_tokens = self._window_tokens.to(n_tokens.device) + n_tokens.detach()
         return loss_sum / self.reference_tokens
 

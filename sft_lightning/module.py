@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -35,7 +36,7 @@ from sft_lightning.loss import WindowTokenMean, per_sample_loss, supervised_loss
 from sft_lightning.merged_lora import merged_lora_weights
 from sft_lightning.metrics import MAIN_VAL_SET, AnswerMetrics
 from sft_lightning.models import EMBEDDED, ModelLoadError, load_model, load_tokenizer
-from sft_lightning.optim import clip_fused, fused_adamw_ok
+from sft_lightning.optim import clip_fused, clip_sharded, full_weights, fused_adamw_ok
 from sft_lightning.precision import base_dtype_for
 from sft_lightning.predict import Prediction, make_predictions
 from sft_lightning.schedule import lr_factor
@@ -211,7 +212,8 @@ class SFTModule(L.LightningModule):
         loss_sum, n_tokens = supervised_loss_sum(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         self.log("train/loss", loss_sum / n_tokens, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         self._window_complete = self._ends_accumulation_window(batch_idx)
-        return self._window_mean.loss(loss_sum, n_tokens)  # on_after_backward completes the window's mean
+        mean_over_ranks = (lambda t: self.trainer.strategy.reduce(t, reduce_op="mean")) if self.trainer.world_size > 1 else None
+        return self._window_mean.loss(loss_sum, n_tokens, mean_over_ranks)  # on_after_backward completes the window's mean
 
     @torch.no_grad()
     def per_sample_loss(self, batch: dict[str, Tensor]) -> Tensor:
@@ -294,8 +296,11 @@ class SFTModule(L.LightningModule):
     def configure_gradient_clipping(
         self, optimizer: Optimizer, gradient_clip_val: int | float | None = None, gradient_clip_algorithm: str | None = None
     ) -> None:
-        """Lightning's clipping, except for the fused AdamW, which Lightning refuses to clip (``optim.clip_fused``)."""
-        if not clip_fused(optimizer, gradient_clip_val, gradient_clip_algorithm):
+        """Lightning's clipping, except where Lightning refuses to clip: the fused AdamW (``optim.clip_fused``) and
+        FSDP by norm (``optim.clip_sharded``: the root's own ``clip_grad_norm_``, over every rank's shard)."""
+        if clip_fused(optimizer, gradient_clip_val, gradient_clip_algorithm):
+            return
+        if not clip_sharded(self.trainer, gradient_clip_val, gradient_clip_algorithm):
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------------------ validation
@@ -358,6 +363,8 @@ class SFTModule(L.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None)
         if self.model is None or self.tokenizer is None or not hasattr(datamodule, "limit_val_sets"):
             return None
+        if isinstance(self._trainer.strategy, FSDPStrategy):
+            return None  # its weights are sharded outside a forward: not timed (the budget then measures it)
         contexts = (torch.no_grad(), self._trainer.precision_plugin.val_step_context(), eager(), self._generation_weights())
         ending = Ending(self.tokenizer.eos_token_id, self.completion_hook())
         trained = self.global_step > 0  # then timed as it answers now (see validation_timing)
@@ -396,7 +403,9 @@ class SFTModule(L.LightningModule):
     def _generation_weights(self) -> contextlib.AbstractContextManager:
         """LoRA folded into the weights while generating (and computing the validation loss), unless
         ``merge_lora_for_generation`` is off. Nested uses are no-ops: the outer one has merged already."""
-        return merged_lora_weights(self.model) if self.hparams.merge_lora_for_generation else contextlib.nullcontext()
+        # not under FSDP: its flat parameters own the weights' storage, and a swapped weight would be written back
+        merge = self.hparams.merge_lora_for_generation and not isinstance(getattr(self._trainer, "strategy", None), FSDPStrategy)
+        return merged_lora_weights(self.model) if merge else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ checkpoint/export
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -418,8 +427,9 @@ class SFTModule(L.LightningModule):
 
     def on_train_end(self) -> None:
         out_dir = self.export_dir  # on every rank: trainer.log_dir broadcasts from rank 0 under DDP
-        if self.trainer.is_global_zero and self.model is not None:
-            rank_zero_info(f"adapter exported to {export_adapter(self.model, self.tokenizer, out_dir)}")
+        with full_weights(self.trainer):  # FSDP: every rank gathers the weights (a collective), rank 0 writes
+            if self.trainer.is_global_zero and self.model is not None:
+                rank_zero_info(f"adapter exported to {export_adapter(self.model, self.tokenizer, out_dir)}")
 
     @property
     def export_dir(self) -> Path:

@@ -1,10 +1,14 @@
-"""The fused AdamW: when it may be used, and how its gradients are clipped (Lightning refuses to)."""
+"""The optimiser's edges Lightning leaves open: when AdamW may be the fused kernel, and clipping where Lightning
+refuses to (a fused optimiser; FSDP by norm); the full weights of an FSDP model for an export."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, SingleDeviceStrategy
 from torch import Tensor
 from torch.optim import Optimizer
 
@@ -47,3 +51,25 @@ def clip_fused(optimizer: Optimizer, gradient_clip_val: int | float | None, grad
     else:
         torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
     return True
+
+
+def clip_sharded(trainer: L.Trainer, gradient_clip_val: int | float | None, gradient_clip_algorithm: str | None) -> bool:
+    """Clip by norm under FSDP (True), where Lightning raises (its precision plugin has no handle on the root): the
+    root module's ``clip_grad_norm_`` computes the norm over every rank's shard, as torch documents it must."""
+    if not gradient_clip_val or gradient_clip_algorithm == "value" or not isinstance(trainer.strategy, FSDPStrategy):
+        return False
+    trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+    return True
+
+
+@contextlib.contextmanager
+def full_weights(trainer: L.Trainer) -> Iterator[None]:
+    """Inside the block an FSDP-sharded model holds its full weights (every rank must enter: it is a collective);
+    any other strategy's model already does."""
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        yield
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    with FullyShardedDataParallel.summon_full_params(trainer.strategy.model, writeback=False):
+        yield
