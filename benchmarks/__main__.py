@@ -12,7 +12,9 @@ each other:
    128, dynamic padding, dynamic with a bf16 base), paired rounds; the GradientHealth overhead (an arm without
    it, then ``--callback-pairs`` longer with/without pairs); peak memory of each arm's training runs; useful model FLOP/s as a share of the ceiling;
 3. ``validation_speed-<kind>.json``: seconds to generate and score 1000 questions vs a plain ``model.generate`` loop;
-4. ``summary-<kind>.json`` + ``summary-<kind>.md``: the table (printed, and written into docs/performance.md between the
+4. ``callback_overhead_ddp-<kind>.json``: the GradientHealth overhead under DDP, 2 processes on gloo, ``--ddp-pairs``
+   with/without pairs (``python -m benchmarks.callback_overhead --devices 2`` in a process of its own);
+5. ``summary-<kind>.json`` + ``summary-<kind>.md``: the table (printed, and written into docs/performance.md between the
    ``bench-table:<kind>`` markers with ``--readme``; a kind without a block gets one after the last block).
 
 The standalone, more detailed callback benchmark stays available as ``python -m benchmarks.callback_overhead``.
@@ -22,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,13 +56,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     validation_speed.add_arguments(p)
     train_throughput.add_common_arguments(p)
     p.add_argument("--matmul-size", type=int, default=4096, help="square matmul size for the FLOP/s ceiling (default 4096)")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: hardware,train,validation")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: hardware,train,validation,ddp")
+    p.add_argument("--ddp-pairs", type=int, default=3, help="with/without GradientHealth pairs under 2-process DDP (default 3)")
+    p.add_argument("--ddp-steps", type=int, default=10, help="timed steps per run of those pairs (default 10)")
     p.add_argument("--results", type=Path, default=RESULTS_DIR, help="directory for the JSON files (default benchmarks/results)")
     p.add_argument("--readme", type=Path, default=None, help="write the table into this file between the bench-table markers")
     args = p.parse_args(argv)
     train_throughput.check_arguments(p, args)
-    if args.questions < 1 or args.val_repeats < 1:
-        p.error("--questions and --val-repeats must be >= 1")
+    if args.questions < 1 or args.val_repeats < 1 or args.ddp_pairs < 1 or args.ddp_steps < 1:
+        p.error("--questions, --val-repeats, --ddp-pairs and --ddp-steps must be >= 1")
     args.skip = {s for s in args.skip.split(",") if s}
     return args
 
@@ -74,21 +80,24 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     ceiling = None
     if "hardware" not in args.skip:
-        print("[1/3] matmul ceiling", flush=True)
+        print("[1/4] matmul ceiling", flush=True)
         results["hardware"] = hardware.measure(args.matmul_size, 5, args.accelerator)
         results["hardware"]["machine"] = machine
         write_json(args.results / f"hardware-{kind}.json", results["hardware"])
         ceiling = results["hardware"]["peak_flops"]
     if "train" not in args.skip:
-        print(f"[2/3] training throughput: {len(args.arms)} arms x {args.repeats} rounds", flush=True)
+        print(f"[2/4] training throughput: {len(args.arms)} arms x {args.repeats} rounds", flush=True)
         results["train"] = train_throughput.measure(args, ceiling)
         results["train"]["machine"] = machine
         write_json(args.results / f"train_throughput-{kind}.json", results["train"])
     if "validation" not in args.skip:
-        print(f"[3/3] validation speed: {args.questions} questions x {len(validation_speed.VARIANTS)} variants x {args.val_repeats} rounds", flush=True)
+        print(f"[3/4] validation speed: {args.questions} questions x {len(validation_speed.VARIANTS)} variants x {args.val_repeats} rounds", flush=True)
         results["validation"] = validation_speed.measure(args)
         results["validation"]["machine"] = machine
         write_json(args.results / f"validation_speed-{kind}.json", results["validation"])
+    if "ddp" not in args.skip and args.accelerator == "cpu":
+        print(f"[4/4] GradientHealth overhead under DDP: 2 processes, {args.ddp_pairs} pairs x {args.ddp_steps} steps", flush=True)
+        results["ddp"] = ddp_overhead(args, args.results / f"callback_overhead_ddp-{kind}.json")
     wall = time.perf_counter() - wall0
     table = markdown_table(results, machine, wall, args)
     summary = {"machine": machine, "machine_kind": kind, "wall_s": wall, "command": _command(args), "table_markdown": table, **_headline(results)}
@@ -108,6 +117,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def ddp_overhead(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """The DDP pairs in a process of their own: Lightning's launcher starts rank 1 by re-running the command."""
+    command = [
+        sys.executable, "-m", "benchmarks.callback_overhead", "--devices", "2", "--pairs", str(args.ddp_pairs),
+        "--steps", str(args.ddp_steps), "--warmup", str(args.warmup), "--out", str(out),
+        *(["--model", args.model] if args.model else []), *(["--precision", args.precision] if args.precision else []),
+        *(["--max-length", "256"] if args.model == "tiny-random" else []),
+    ]  # fmt: skip
+    subprocess.run(command, check=True)
+    return json.loads(out.read_text())
+
+
 def _command(args: argparse.Namespace) -> str:
     return "python -m benchmarks " + " ".join(sys.argv[1:])
 
@@ -120,6 +141,8 @@ def _headline(results: dict[str, Any]) -> dict[str, Any]:
         out["callback_overhead"] = t["callback_overhead"]
         out["tokens_per_s_median"] = {k: v["tokens_per_s"]["median"] for k, v in t["arms"].items()}
         out["peak_rss_training_mb"] = {k: v["peak_rss_training_mb"] for k, v in t["arms"].items()}
+    if "ddp" in results:
+        out["callback_overhead_ddp"] = results["ddp"]["summary"]
     if "validation" in results:
         v = results["validation"]
         out["validation_seconds_median"] = {k: s["median"] for k, s in v["seconds"].items()}
@@ -175,6 +198,15 @@ def markdown_table(results: dict[str, Any], machine: dict[str, Any], wall: float
                 f"| the same ratio in the throughput rounds above ({len(r['per_round'])} x {t['config']['steps']} steps)"
                 f" | {r['min']:.3f} | {r['median']:.3f} | {r['max']:.3f} | |",
             ]
+    if "ddp" in results:
+        d, c = results["ddp"]["summary"], results["ddp"]["config"]
+        if "train" not in results:
+            lines += ["| paired ratio | min | median | max | target |", "|---|---:|---:|---:|---|"]
+        lines.append(
+            f"| step time under DDP ({c['devices']} processes, gloo), with / without GradientHealth ({c['pairs']} pairs x"
+            f" {c['steps']} steps) | {d['ratio_min']:.3f} | {d['ratio_median']:.3f} | {d['ratio_max']:.3f}"
+            f" | < 1.03 {_pass(d['meets_target'])} |"
+        )
     if "validation" in results:
         v = results["validation"]
         c = v["config"]

@@ -1,7 +1,12 @@
 """Training-step overhead of ``GradientHealth()`` (default arguments) on the real SFT workload.
 
-    python -m benchmarks.callback_overhead [--steps 30] [--pairs 5] [--warmup 3] [--model embedded]
+    python -m benchmarks.callback_overhead [--steps 30] [--pairs 5] [--warmup 3] [--model embedded] [--devices 1]
                                           [--out benchmarks/results/callback_overhead-<machine kind>.json]
+
+With ``--devices 2`` the same pairs run under DDP (gloo, one process per device, the global batch split between
+them, so a step trains what a single-device step does); results go to ``callback_overhead_ddp-<kind>.json``.
+Every rank runs every pair in the same order (one process group for the whole bench); rank 0's clock is reported:
+a DDP step ends at the gradient all-reduce, so the ranks step in lockstep.
 
 What is measured: the wall time of each optimiser step, from ``on_train_batch_start`` (a timing callback placed
 first, so it runs before GradientHealth's hook) to ``on_train_batch_end`` (a timing callback placed last, so
@@ -23,6 +28,7 @@ of the two variants are compared as a check that the callback does not change tr
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -129,7 +135,8 @@ def run_once(
     callbacks: list[Callback] = [timer.start, *([GradientHealth()] if with_callback else []), timer.end]
     trainer = L.Trainer(
         accelerator="cpu",
-        devices=1,
+        devices=args.devices,
+        strategy="ddp" if args.devices > 1 else "auto",
         precision=args.precision,
         max_steps=args.warmup + args.steps,
         gradient_clip_val=GRADIENT_CLIP_VAL,
@@ -148,12 +155,21 @@ def run_once(
     trainer.fit(module, datamodule=data)
     if len(timer.times) != args.warmup + args.steps:
         raise RuntimeError(f"{tag}: expected {args.warmup + args.steps} timed steps, got {len(timer.times)}")
+    del trainer
+    gc.collect()  # the run's DDP wrapper, and the gradient hooks it holds on the shared model, go with it
     return timer
 
 
 # ------------------------------------------------------------------------------------------ environment
 def machine(args: argparse.Namespace) -> dict[str, Any]:
-    return {**machine_description("cpu"), "precision": args.precision, "batch_size": args.batch_size}
+    return {**machine_description("cpu"), "precision": args.precision, "batch_size": args.batch_size, "devices": args.devices}
+
+
+def rank() -> int:
+    """This process's rank; before the group starts, the one Lightning's launcher gave it (0 for the first)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -164,7 +180,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pairs", type=int, default=5, help="with/without pairs, alternating order (default 5)")
     p.add_argument("--model", default="embedded", help="model name as SFTModule takes it (default embedded)")
     p.add_argument("--precision", default=None, help="Trainer precision (default: the machine's, as embedded.yaml runs it)")
-    p.add_argument("--batch-size", type=int, default=16, help="training batch size (default 16, as embedded.yaml)")
+    p.add_argument("--batch-size", type=int, default=16, help="training batch size (default 16, as embedded.yaml); under"
+                   " DDP the global batch, split between the processes")
+    p.add_argument("--max-length", type=int, default=None, help="data.max_length (default: embedded.yaml's; 256 for tiny-random)")
+    p.add_argument("--devices", type=int, default=1, help="processes: 1 (default) or more for DDP on gloo")
     p.add_argument(
         "--out",
         default=None,
@@ -173,8 +192,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     args.precision = args.precision or _SETTINGS["trainer"]["precision"]
-    if args.steps < 1 or args.pairs < 1 or args.warmup < 0 or args.batch_size < 1:
-        p.error("--steps, --pairs and --batch-size must be >= 1, --warmup >= 0")
+    if args.steps < 1 or args.pairs < 1 or args.warmup < 0 or args.batch_size < 1 or args.devices < 1:
+        p.error("--steps, --pairs, --batch-size and --devices must be >= 1, --warmup >= 0")
+    if args.batch_size % args.devices:
+        p.error(f"--batch-size {args.batch_size} does not split evenly between {args.devices} devices")
     return args
 
 
@@ -187,15 +208,21 @@ def main(argv: list[str] | None = None) -> int:
 
     wall0 = time.perf_counter()
     n_steps = args.warmup + args.steps
+    per_device = args.batch_size // args.devices
+    max_length = args.max_length or _SETTINGS.get("data", {}).get("max_length", 128)
     data = SFTDataModule(
-        train_size=args.batch_size * n_steps, val_size=8, batch_size=args.batch_size, tokenizer=args.model, seed=SEED
+        train_size=args.batch_size * n_steps, val_size=8, batch_size=per_device, tokenizer=args.model, seed=SEED, max_length=max_length
     )
     data.setup("fit")  # tokenise once; later setup() calls return early
     shared = SharedModel(args.model, n_steps)
-    print(
+    def say(*values: Any, **kwargs: Any) -> None:  # rank 0 only, asked at each call: the group starts with the first fit
+        if rank() == 0:
+            print(*values, **kwargs)
+
+    say(
         f"model {args.model}: {shared.n_total / 1e6:.1f}M parameters, {shared.n_trainable / 1e6:.2f}M trainable (LoRA r={LORA['lora_r']}),"
         f" loaded in {shared.load_s:.1f}s; {args.pairs} pairs x 2 runs x ({args.warmup} warm-up + {args.steps} timed) steps,"
-        f" batch {args.batch_size}, {args.precision}, {torch.get_num_threads()} torch threads",
+        f" batch {args.batch_size} over {args.devices} process(es), {args.precision}",
         flush=True,
     )
 
@@ -225,12 +252,14 @@ def main(argv: list[str] | None = None) -> int:
             pairs.append(
                 {"pair": i, "order": list(order), "ratio": ratio, "same_batch_ratio": by_batch, "identical_losses": same, **runs}
             )
-            print(
+            say(
                 f"pair {i}: {order[0]} first  without {runs[WITHOUT]['median_s'] * 1e3:8.1f} ms  with"
                 f" {runs[WITH]['median_s'] * 1e3:8.1f} ms  ratio {ratio:.4f} (same batch {by_batch:.4f})  losses identical: {same}",
                 flush=True,
             )
 
+    if rank() != 0:
+        return 0
     ratios = [p["ratio"] for p in pairs]
     summary = {
         "ratio_min": min(ratios),
@@ -246,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": time.perf_counter() - wall0,
     }
     result = {
-        "benchmark": "GradientHealth() step-time overhead (default arguments)",
+        "benchmark": "GradientHealth() step-time overhead (default arguments)" + (" under DDP" if args.devices > 1 else ""),
         "machine": machine(args),
         "config": {
             "model": args.model,
@@ -254,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_steps_excluded": args.warmup,
             "pairs": args.pairs,
             "batch_size": args.batch_size,
+            "devices": args.devices,
+            "strategy": "ddp (gloo)" if args.devices > 1 else "single device",
+            "torch_threads_per_process": torch.get_num_threads(),
             "precision": args.precision,
             "base_dtype": BASE_DTYPE,
             "attn_implementation": _MODEL.get("attn_implementation"),
@@ -271,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         "pairs": pairs,
         "summary": summary,
     }
-    out = Path(args.out or result_path("callback_overhead", "cpu"))
+    out = Path(args.out or result_path("callback_overhead_ddp" if args.devices > 1 else "callback_overhead", "cpu"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# ~20 s on 2 idle cores (five worker processes each import torch/lightning/transformers); tiny model only, so
+# ~40 s on 2 idle cores (worker processes each import torch/lightning/transformers); tiny model only, so
 # not `slow` by this suite's definition, and it keeps `make bench` from rotting between benchmark runs.
 def test_harness_runs_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
@@ -26,7 +26,7 @@ def test_harness_runs_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
         sys.executable, "-m", "benchmarks",
         "--model", "tiny-random", "--train-size", "64", "--warmup", "1", "--steps", "1", "--padded-steps", "1",
         "--repeats", "1", "--callback-pairs", "2", "--callback-steps", "3",
-        "--questions", "8", "--val-repeats", "1", "--matmul-size", "128",
+        "--questions", "8", "--val-repeats", "1", "--matmul-size", "128", "--ddp-pairs", "1", "--ddp-steps", "2",
         "--results", str(results), "--readme", str(readme),
         "--set", "model.compile=false",  # compilation would take most of the test's time
         "--set", "data.max_length=256",  # the tiny model's tokenizer is one token per character
@@ -52,6 +52,10 @@ def test_harness_runs_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     assert len(train["rounds"][0]["runs"]["sftl"]["step_s"]) == train["config"]["steps"]
     assert train["machine"]["cpu_count"] >= 1
 
+    ddp = json.loads((results / f"callback_overhead_ddp-{kind}.json").read_text())
+    assert ddp["config"]["devices"] == 2 and len(ddp["pairs"]) == 1 and ddp["summary"]["all_losses_identical"]
+    assert {len(ddp["pairs"][0][v]["step_times_s"]) for v in ("with_callback", "without_callback")} == {1 + 2}
+
     validation = json.loads((results / f"validation_speed-{kind}.json").read_text())
     assert validation["config"]["questions"] == 8
     assert set(validation["seconds"]) == {"sftl_validate", "sftl_generate", "hf_generate", "sftl_generate_unmerged"}
@@ -59,6 +63,7 @@ def test_harness_runs_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
 
     text = readme.read_text()
     assert "old table" not in text and "| paired ratio |" in text and text.endswith("after\n")
+    assert "| step time under DDP (2 processes, gloo), with / without GradientHealth (1 pairs x 2 steps) |" in text
 
 
 def test_flop_formula_counts_frozen_body_head_and_lora() -> None:

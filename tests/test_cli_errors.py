@@ -1,10 +1,13 @@
-"""Every bad input through the real `sft-lightning` console script: one clean `error: ...` line
-naming the cause and the fix, a non-zero exit, no traceback, and (for bad data) no model loaded.
+"""Every bad input through the `sft-lightning` command line: one clean `error: ...` line naming the cause and the
+fix, a non-zero exit, no traceback, and (for bad data) no model loaded.
 
-"No model loaded" is checked with a probe, not guessed from timing: a ``sitecustomize`` put on
-the subprocess's PYTHONPATH wraps ``sft_lightning.models.load_model`` and
-``sft_lightning.tiny_model.build_tiny_llama`` so that any call prints ``PROBE_MARKER`` to stderr.
-The checkpoint fixture (a real 2-step fit) is the positive control that the probe fires.
+Most cases call the CLI's ``main`` in this process (a console script start costs seconds of imports each); a few
+run the real console script, so that what a user's shell sees is covered too (``real_process=True``, and the
+checkpoint fixtures). "No model loaded" is checked with a probe, not guessed from timing: in this process
+``sft_lightning.module.load_model`` and ``sft_lightning.tiny_model.build_tiny_llama`` are wrapped; in a console
+script a ``sitecustomize`` on its PYTHONPATH wraps them the same way. Either prints ``PROBE_MARKER`` to stderr
+when called. A real fit through each (``test_the_probe_fires_on_a_model_load`` and the checkpoint fixture) is the
+positive control that the probe fires.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _cli_runs import run_main
+
+import sft_lightning.module
+import sft_lightning.tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "configs" / "smoke.yaml")
@@ -81,14 +88,48 @@ def _run(probe_dir: Path, cwd: Path, *args: str, timeout: int = 240) -> CLIResul
     return CLIResult(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
 
 
-@pytest.fixture
-def cli(probe_dir: Path, tmp_path: Path):
-    """``cli(*overrides)`` runs ``sft-lightning fit --config smoke.yaml *overrides`` in tmp_path."""
+def _probed(fn):
+    def probed(*args, **kwargs):
+        print(PROBE_MARKER, file=sys.stderr, flush=True)
+        return fn(*args, **kwargs)
 
-    def run(*overrides: str, command: str = "fit", timeout: int = 240) -> CLIResult:
-        return _run(probe_dir, tmp_path, command, "--config", SMOKE, *overrides, timeout=timeout)
+    return probed
+
+
+def _run_here(cwd: Path, args: tuple[str, ...], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> CLIResult:
+    """``main(args)`` in this process, in ``cwd``, with the probe on the model loaders; the environment the run
+    changes (Lightning's seed and rank variables) is put back."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sft_lightning.module, "load_model", _probed(sft_lightning.module.load_model))
+    monkeypatch.setattr(sft_lightning.tiny_model, "build_tiny_llama", _probed(sft_lightning.tiny_model.build_tiny_llama))
+    environ = dict(os.environ)
+    start = time.monotonic()
+    try:
+        done = run_main(list(args), capsys)
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+    return CLIResult(done.returncode, done.stdout, done.stderr, time.monotonic() - start)
+
+
+@pytest.fixture
+def cli(probe_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    """``cli(*overrides)`` runs ``sft-lightning fit --config smoke.yaml *overrides`` in tmp_path: in this process,
+    or with ``real_process=True`` as the console script."""
+
+    def run(*overrides: str, command: str = "fit", timeout: int = 240, real_process: bool = False) -> CLIResult:
+        args = (command, "--config", SMOKE, *overrides)
+        if real_process:
+            return _run(probe_dir, tmp_path, *args, timeout=timeout)
+        return _run_here(tmp_path, args, capsys, monkeypatch)
 
     return run
+
+
+def test_the_probe_fires_on_a_model_load(cli) -> None:
+    result = cli("--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0")
+    assert result.returncode == 0, result.output[-3000:]
+    assert result.model_loaded, "the probe did not fire on a real fit: the no-model-loaded checks would be vacuous"
 
 
 def assert_clean_error(result: CLIResult, *fragments: str) -> str:
@@ -123,7 +164,7 @@ def write_json(path: Path, data: object) -> str:
 
 
 def test_missing_data_file(cli, tmp_path: Path) -> None:
-    result = cli("--data.train_file", "no_such_file.json")
+    result = cli("--data.train_file", "no_such_file.json", real_process=True)  # what a shell sees
     assert_data_error(result, tmp_path, "data file not found: no_such_file.json", "Fix: check the path")
 
 
@@ -223,7 +264,7 @@ def test_generator_config_too_narrow_for_requested_size(cli, tmp_path: Path) -> 
 
 
 def test_unknown_config_key_is_named(cli, tmp_path: Path) -> None:
-    result = cli("--model.lora_rank", "8")
+    result = cli("--model.lora_rank", "8", real_process=True)  # jsonargparse's own error path, as a shell sees it
     assert result.returncode != 0
     assert TRACEBACK not in result.output, result.output[-3000:]
     assert "lora_rank" in result.stderr, result.stderr[-3000:]
@@ -240,7 +281,8 @@ def test_model_path_that_does_not_exist(cli, tmp_path: Path) -> None:
 
 
 def test_hub_id_offline_fails_fast(cli, tmp_path: Path) -> None:
-    result = cli("--model.model", "SomeOrg/some-model")
+    # a process of its own: huggingface_hub reads HF_HUB_OFFLINE when it is imported
+    result = cli("--model.model", "SomeOrg/some-model", real_process=True)
     assert_clean_error(
         result,
         "could not load model 'SomeOrg/some-model'",

@@ -47,6 +47,7 @@ from .public_state import PublicState
 from .ranks import gather_views, own_view, rank_clause
 from .replay import record, spike_samples, trace
 from .schedule_hold import ScheduleHold
+from .sharding import sharding_of
 from .skip_list import SkipList
 from .spike_guard import SpikeGuard
 from .spikes import MIN_HISTORY, THRESHOLD, WINDOW, is_spike_diagnosis
@@ -192,7 +193,7 @@ class GradientHealth(PublicState, Callback):
     # ------------------------------------------------------------------ lifecycle
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            pf.refuse_sharded(trainer)
+            pf.refuse_unsupported(trainer)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # trainer.log_dir broadcasts, so it must be resolved here, on every rank - never inside a trip
@@ -206,7 +207,7 @@ class GradientHealth(PublicState, Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._meter.start(trainer.accumulate_grad_batches)
-        self._meter.sharded = pf.is_sharded(trainer)
+        self._meter.shard(sharding_of(trainer), trainer.world_size)
         self._first_batch_checked = False
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

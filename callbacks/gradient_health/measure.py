@@ -25,6 +25,7 @@ from .decide import FLAG_NAMES, StepFlags
 from .interval import IntervalMax
 from .norms import per_tensor_norms, total_norm
 from .precision import active_scaler, scale_tensor
+from .sharding import plain_copies_of, summed_squares
 
 NORM_HISTORY = 16  # grad norms of the steps just before a trip, kept for the report
 
@@ -88,7 +89,8 @@ class StepMeter:
         self.window: deque[Any] = deque(maxlen=1)  # the micro-batches of this optimiser step (RecordedBatch)
         self.batch_idx = -1
         self.local_flags: Tensor | None = None  # this rank's own flags of the last step (device; read at a trip)
-        self.sharded = False  # FSDP: each rank's gradients are a shard; the norm is over all ranks' shards
+        self.sharded = False  # FSDP/FSDP2: each rank's gradients are shards; the norm is over all ranks' shards
+        self._plain_copies = 1  # on how many ranks a plain (non-DTensor) tensor lives, when sharded
         self._post_checks: dict[int, Trainable] = {}
         self.reset()
 
@@ -100,6 +102,11 @@ class StepMeter:
         self.loss_inf: Tensor | None = None
         self.empty: Tensor | None = None
         self.params_after: Tensor | None = None  # device flag: weights non-finite after the last update
+
+    def shard(self, sharding: str | None, world: int) -> None:
+        """How the strategy holds the gradients (see ``sharding``): whole on every rank, or in shards."""
+        self.sharded = sharding is not None
+        self._plain_copies = plain_copies_of(sharding, world)
 
     def start(self, accumulate_grad_batches: int) -> None:
         """A fresh fit: nothing carried over from an earlier one."""
@@ -152,7 +159,8 @@ class StepMeter:
         """Norms of gradients and weights, the step's flags reduced over ranks: one collective, one host sync."""
         device = trainable.params[0].device if trainable.params else pl_module.device
         scale_t = scale_tensor(active_scaler(trainer.precision_plugin))
-        grad_norms, grad_order = per_tensor_norms([p.grad for p in trainable.params], device)
+        grads = [p.grad for p in trainable.params]
+        grad_norms, grad_order = per_tensor_norms(grads, device)
         if scale_t is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
             grad_norms = grad_norms / scale_t.to(device)  # fused optimisers unscale inside step(): do it here
         gnorm = total_norm(grad_norms)
@@ -176,15 +184,21 @@ class StepMeter:
         self.local_flags = flags  # the all-reduce below works on a new tensor: these stay this rank's own
         # the loss and the norm travel in the same collective (summed: the ranks' mean), so the spike rule, like
         # the NaN rules, sees the same numbers on every rank
-        local = torch.stack([gnorm, loss.float(), gnorm.float() * gnorm.float()])
+        world = max(trainer.world_size, 1)
+        squares = (
+            summed_squares(grad_norms, [grads[i] for i in grad_order], world, self._plain_copies)  # type: ignore[misc]
+            if self.sharded
+            else gnorm.float() * gnorm.float()
+        )
+        local = torch.stack([gnorm, loss.float(), squares])
         reduced = all_reduce_sum(trainer, torch.cat([flags, local]))  # the one collective
         scale = scale_t.to(device=device, dtype=torch.float32).reshape(()) if scale_t is not None else loss.new_full((), math.nan)
         values = torch.cat([reduced, torch.stack([gnorm, loss, scale]), grad_norms, param_norms]).tolist()  # THE sync
         had_loss = self.loss_sum is not None
         self.reset()
-        n, g, world = len(FLAG_NAMES), len(grad_order), max(trainer.world_size, 1)
+        n, g = len(FLAG_NAMES), len(grad_order)
         m = n + 3  # after the reduced vector
-        if self.sharded:  # the true norm of the whole gradient: every rank's shard, squared and summed
+        if self.sharded:  # the true norm of the whole gradient: every rank's shard, squared and summed once
             values[m] = math.sqrt(values[n + 2]) if values[n + 2] >= 0 else math.nan
         return Measured(
             flags=StepFlags.from_values(values[:n]),

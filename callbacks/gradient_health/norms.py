@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .sharding import local
+
 # Norms of 16-bit tensors are accumulated in fp32: a gradient whose values are finite in fp16 can have a
 # norm above 65504, and that must not be mistaken for an overflow.
 _ACCUMULATE_IN_FP32 = (torch.float16, torch.bfloat16, torch.float32)
@@ -20,7 +22,7 @@ _ACCUMULATE_IN_FP32 = (torch.float16, torch.bfloat16, torch.float32)
 def per_tensor_norms(tensors: Sequence[Tensor | None], out_device: torch.device) -> tuple[Tensor, list[int]]:
     """Return the L2 norm of every non-``None`` tensor as one fp32 vector on ``out_device``.
 
-    The vector is ordered by (device, dtype) group, not by input position, so no index tensor has to be
+    A DTensor's entry is the norm of this rank's shard. The vector is ordered by (device, dtype) group, not by input position, so no index tensor has to be
     copied to the device; the second return value maps vector position -> input position. ``None`` entries
     (parameters that received no gradient) are left out; they contribute nothing to a total norm.
     """
@@ -50,6 +52,8 @@ def total_norm(norms: Tensor) -> Tensor:
 
 
 def _dense(t: Tensor) -> Tensor:
-    # foreach kernels do not take sparse tensors (e.g. nn.Embedding(sparse=True) gradients)
+    # foreach kernels take neither sparse tensors (nn.Embedding(sparse=True) gradients) nor DTensors (FSDP2): a
+    # DTensor's norm here is its local shard's, which the sharded total norm combines over ranks
+    t = local(t)
     return t.coalesce().values() if t.is_sparse else t
 

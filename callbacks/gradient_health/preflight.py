@@ -2,7 +2,7 @@
 
 Each warning rule is a small function over plain facts (precision string, dtypes, clip value, optimiser flags), so
 the rules can be read and tested without a Trainer; :func:`trainer_facts` gathers the facts from a real one.
-Sharded strategies are refused: their gradients are not all on one rank. :class:`TargetCheck` is the per-batch
+DeepSpeed is refused: it owns the gradients and the step. :class:`TargetCheck` is the per-batch
 "no supervised tokens" flag.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.plugins.precision import MixedPrecision
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
@@ -122,22 +122,17 @@ def missing_label_key(label_key: str) -> str:
     )
 
 
-def refuse_sharded(trainer: pl.Trainer) -> None:
-    """DeepSpeed owns the gradients and the step; FSDP2 (``ModelParallelStrategy``) shards into DTensors that the
-    norm pass does not read. ``FSDPStrategy`` (and its subclasses) is supported: see ``is_sharded``."""
+def refuse_unsupported(trainer: pl.Trainer) -> None:
+    """DeepSpeed owns the gradients, the clipping and the step (and keeps fp16 master weights of its own), so a
+    callback cannot read the pre-clip norm or drop an update. FSDP and FSDP2 are supported: see ``sharding``."""
     strategy = trainer.strategy
-    if isinstance(strategy, (DeepSpeedStrategy, ModelParallelStrategy)):
+    if isinstance(strategy, DeepSpeedStrategy):
         raise GradientHealthConfigError(
-            f"{type(strategy).__name__} is not supported: its gradients are owned by the engine or sharded as DTensors,"
-            " so the norms and a rollback would not see the whole model. Fix: use strategy='fsdp' or 'ddp' (or a"
-            " single device), or remove GradientHealth from the callbacks."
+            f"{type(strategy).__name__} is not supported: the DeepSpeed engine owns the gradients, the clipping and"
+            " the optimiser step, so the norms, a skip and a rollback would not see what it does. Fix: use"
+            " strategy='fsdp' (or ModelParallelStrategy with fully_shard, or 'ddp'), or remove GradientHealth from"
+            " the callbacks."
         )
-
-
-def is_sharded(trainer: pl.Trainer) -> bool:
-    """Under ``FSDPStrategy`` each rank holds a shard of every gradient: the global norm is the square root of
-    the ranks' summed squares, and a replay must run through the FSDP root (which gathers the weights)."""
-    return isinstance(trainer.strategy, FSDPStrategy)
 
 
 class TargetCheck:

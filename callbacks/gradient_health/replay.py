@@ -24,12 +24,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from torch import Tensor, nn
 
 from .precision import active_scaler
 from .provenance import FINITE, IN_BATCH, LOSS, SPIKE, UNAVAILABLE, Provenance
+from .sharding import sharding_of, training_step_through
 from .tensors import batch_size_of, dtype_name, find, id_list, nonfinite_in_batch, rows_text
 from .tracer import Tracer
 
@@ -65,15 +65,16 @@ def trace(
     multiplier = (float(scaler.get_scale()) if scaler is not None else 1.0) / trainer.accumulate_grad_batches
     found: Provenance | None = None
     recorded: RecordedBatch | None = None
-    sharded = isinstance(trainer.strategy, FSDPStrategy)
+    sharded = sharding_of(trainer) is not None
     first: tuple[Provenance, RecordedBatch] | None = None
+    step = training_step_of(pl_module)
     for recorded in window:
         batch_size = batch_size_of(recorded.batch, find(recorded.batch, sample_id_key))
         try:
             found = replay(
                 pl_module,
                 recorded,
-                training_step=sharded_training_step(trainer) if sharded else training_step_of(pl_module),
+                training_step=training_step_through(trainer, step) if sharded else step,
                 precision_context=trainer.precision_plugin.train_step_context,
                 loss_multiplier=multiplier,
                 batch_size=batch_size,
@@ -84,25 +85,13 @@ def trace(
         if found.status != FINITE:
             if not sharded:
                 break
-            first = first or (found, recorded)  # under FSDP every rank replays every micro-batch, so that the
+            first = first or (found, recorded)  # sharded, every rank replays every micro-batch, so that the
     if first is not None:  # forward's all-gathers line up across ranks; the first finding is the answer
         found, recorded = first
     if found is None or recorded is None:
         return Provenance(UNAVAILABLE, detail="no replay: the step's batch was not seen by on_train_batch_start")
     found.samples = samples(trainer, pl_module, recorded, found, sample_id_key)
     return found
-
-
-def sharded_training_step(trainer: pl.Trainer) -> Callable[[Any, int], Any]:
-    """``training_step`` through the FSDP root, as the strategy calls it, so that the root gathers the weights;
-    every rank runs it at the same trip (the forward issues collectives). Replayed forward-only, without grad."""
-    strategy = trainer.strategy
-
-    def step(batch: Any, batch_idx: int) -> Any:
-        with torch.no_grad():
-            return strategy._forward_redirection(strategy.model, strategy.lightning_module, "training_step", batch, batch_idx)
-
-    return step
 
 
 def training_step_of(pl_module: pl.LightningModule) -> Any:
