@@ -107,6 +107,7 @@ class TimeBudget(Callback):
         self._schedule_s = 0.0  # training time on the schedule's clock (after the first step)
         self._stepped = False  # a step done in this process (the first one compiles, again after a resume)
         self._last_validation_s: float | None = None
+        self._timing_s = 0.0  # seconds the first timing of the final validation took
         self._restored_budget_s: float | None = None  # the budget of the checkpoint this run resumed from
         self.validation_pending = False  # resumed after training ended: the final validation is still owed
 
@@ -131,7 +132,9 @@ class TimeBudget(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.active:
             return
+        started = self.clock()
         self.validation_reserve_s = self._estimate_validation(trainer, pl_module)
+        self._timing_s = self.clock() - started  # what timing the validation costs: the re-estimate costs as much
         self.phases["setup"] += self.used() - sum(self.phases.values())  # timing validation included
         self._lap()
         if self._resumed_after_training_ended():
@@ -242,22 +245,24 @@ class TimeBudget(Callback):
         self._reestimated = True
         before = self.validation_reserve_s
         self.phases["training"] += self._lap()
-        self.validation_reserve_s = self._estimate_validation(trainer, pl_module)
+        # the share caps all of validation: this timing itself (and any validation so far) comes off the cap
+        spent = self.phases["validation"] + self._timing_s
+        self.validation_reserve_s = self._estimate_validation(trainer, pl_module, spent_s=spent)
         self.phases["validation"] += self._lap()
         rank_zero_info(
             f"time budget: the final validation timed again at {self.progress:.0%} of the schedule: "
             f"~{self.validation_reserve_s:.0f} s reserved (was {before:.0f} s)"
         )
 
-    def _estimate_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
-        """Seconds to reserve for the final validation."""
+    def _estimate_validation(self, trainer: L.Trainer, pl_module: L.LightningModule, spent_s: float = 0.0) -> float:
+        """Seconds to reserve for the final validation; ``spent_s`` of the validation share is already used."""
         if not trainer.enable_validation or trainer.limit_val_batches == 0:
             return 0.0
         estimate = getattr(pl_module, "estimate_validation_seconds", None)
         seconds = None
         if callable(estimate):
             takes_limit = "max_seconds" in inspect.signature(estimate).parameters
-            limit = self.validation_max_share * self.budget_s / self.validation_safety
+            limit = max(self.validation_max_share * self.budget_s - spent_s, 0.0) / self.validation_safety
             seconds = estimate(max_seconds=limit) if takes_limit else estimate()
         if seconds is None and self._last_validation_s is not None:
             seconds = self._last_validation_s

@@ -318,6 +318,24 @@ def test_the_final_validation_is_timed_again_near_the_end() -> None:
     assert budget.used() == pytest.approx(600 - 44, abs=1.0)
 
 
+def test_the_validation_share_caps_the_timing_too() -> None:
+    """At the re-estimate the cap left for the final validation is the share minus what this timing costs (as
+    much as the first timing did), so that all of validation stays within the share."""
+    clock, trainer = FakeClock(), fake_trainer()
+    limits: list[float | None] = []
+
+    def estimate(max_seconds: float | None = None) -> float:
+        limits.append(max_seconds)
+        clock.now += 5
+        return 10.0
+
+    module = SimpleNamespace(estimate_validation_seconds=estimate)
+    budget = TimeBudget(minutes=10, end_seconds=0, validation_safety=1.0, clock=clock)  # share 0.15: 90 s
+    budget.on_train_start(trainer, module)
+    run_batches(budget, clock, trainer, module)
+    assert limits == [pytest.approx(90.0), pytest.approx(90.0 - 5)]
+
+
 def test_reestimate_can_be_turned_off() -> None:
     clock, trainer = FakeClock(), fake_trainer()
     calls = []

@@ -26,6 +26,7 @@ from .interval import IntervalMax
 from .norms import per_tensor_norms, total_norm
 from .precision import active_scaler, scale_tensor
 from .sharding import plain_copies_of, summed_squares
+from .tensors import user_path
 
 NORM_HISTORY = 16  # grad norms of the steps just before a trip, kept for the report
 
@@ -127,7 +128,7 @@ class StepMeter:
         cached = self.trainables.get(id(optimizer))
         if cached is not None and cached.n_in_groups == n_in_groups:
             return cached
-        names = {id(p): name for name, p in pl_module.named_parameters()}
+        names = {id(p): user_path(name) for name, p in pl_module.named_parameters()}
         params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
         qualified = [names.get(id(p), f"param_{i}") for i, p in enumerate(params)]
         modules = [name.rsplit(".", 1)[0] if "." in name else name for name in qualified]

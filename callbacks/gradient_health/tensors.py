@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -9,6 +10,13 @@ import torch
 from torch import Tensor, nn
 
 ROWS_SHOWN = 16
+# Segments that wrappers insert into module paths: nested FSDP units, torch.compile, activation checkpointing.
+_WRAPPER_SEGMENT = re.compile(r"(^|\.)(_fsdp_wrapped_module|_orig_mod|_checkpoint_wrapped_module)(?=\.|$)")
+
+
+def user_path(name: str) -> str:
+    """A module or parameter path as the user's model spells it: ``layer._fsdp_wrapped_module.act`` -> ``layer.act``."""
+    return _WRAPPER_SEGMENT.sub("", name).lstrip(".")
 
 
 def find(batch: Any, key: str | None) -> Any:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .provenance import BACKWARD, FORWARD, FORWARD_INPUT, HALF_MAX, Provenance
-from .tensors import all_finite, bad_rows, dtype_name, floating_tensors, max_finite_abs, to_float32
+from .tensors import all_finite, bad_rows, dtype_name, floating_tensors, max_finite_abs, to_float32, user_path
 
 
 class Tracer:
@@ -42,7 +42,7 @@ class Tracer:
     def installed(self) -> Iterator[None]:
         try:
             for name, sub in self.root.named_modules():
-                label = name or self.root_name
+                label = user_path(name) or self.root_name
                 try:
                     self._handles.append(sub.register_forward_hook(partial(self._on_forward, label), with_kwargs=True))
                 except RuntimeError:  # TorchScript modules take no hooks: traced around, not into
@@ -50,7 +50,7 @@ class Tracer:
                     continue
                 for pname, param in sub.named_parameters(recurse=False):
                     if param.requires_grad:
-                        qualified = f"{name}.{pname}" if name else pname
+                        qualified = user_path(f"{name}.{pname}" if name else pname)
                         self._handles.append(param.register_hook(partial(self._on_param_grad, label, qualified)))
             yield
         finally:

@@ -39,6 +39,7 @@ SCRIPT = textwrap.dedent(
     from torch import nn
     from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
     from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
     from torch.distributed.tensor import DTensor
     from callbacks import GradientHealth, NonFiniteTrainingError
 
@@ -46,19 +47,20 @@ SCRIPT = textwrap.dedent(
     FAULT_STEP = __FAULT_STEP__
 
     class CPUFSDP(FSDPStrategy):
-        def _setup_model(self, model):
-            return FullyShardedDataParallel(module=model, device_id=torch.device("cpu"), use_orig_params=True)
+        def _setup_model(self, model):  # fsdp_nested: each Linear and the faulty module an FSDP unit of its own
+            policy = ModuleWrapPolicy({nn.Linear, Poison}) if kind == "fsdp_nested" else None
+            return FullyShardedDataParallel(
+                module=model, device_id=torch.device("cpu"), use_orig_params=True, auto_wrap_policy=policy
+            )
 
         def _determine_device_ids(self):
             return None
 
-    class Poison(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.on = False
+    POISON = {"on": False}  # not an attribute: under nested FSDP, self.act is the unit wrapping the module
 
+    class Poison(nn.Module):
         def forward(self, x):
-            return torch.tanh(x) * (math.nan if self.on else 1.0)
+            return torch.tanh(x) * (math.nan if POISON["on"] else 1.0)
 
     def mine(p):  # this rank's part of a parameter
         return (p.to_local() if isinstance(p, DTensor) else p).detach().clone().reshape(-1).tolist()
@@ -77,7 +79,7 @@ SCRIPT = textwrap.dedent(
                     fully_shard(layer, mesh=mesh)
 
         def training_step(self, batch, batch_idx):
-            self.act.on = case == "nan_on_rank1" and self.global_rank == 1 and self.global_step == FAULT_STEP
+            POISON["on"] = case == "nan_on_rank1" and self.global_rank == 1 and self.global_step == FAULT_STEP
             x, y = batch
             return ((self.out(self.act(self.inp(x))).squeeze(-1) - y) ** 2).mean()
 
@@ -102,7 +104,7 @@ SCRIPT = textwrap.dedent(
     if devices == 1:
         strategy = "auto"
     else:
-        strategy = CPUFSDP() if kind == "fsdp" else ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1)
+        strategy = CPUFSDP() if kind != "fsdp2" else ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1)
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=5, logger=False,
                         log_every_n_steps=1, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, use_distributed_sampler=False, callbacks=[cb, norms])
@@ -137,10 +139,12 @@ def run(tmp_path: Path, mode: str, case: str, devices: int, kind: str = "fsdp") 
 
 
 KINDS = ["fsdp", "fsdp2"]
+# nested FSDP units: the norm over every unit's shards; a module inside a unit is named as the model spells it
+WRAPPED = [*KINDS, "fsdp_nested"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", WRAPPED)
 def test_fsdp_logs_the_global_norm_of_the_unsharded_gradient(tmp_path: Path, kind: str) -> None:
     (reference,) = run(tmp_path, "abort", "healthy", devices=1)
     r0, r1 = run(tmp_path, "abort", "healthy", devices=2, kind=kind)
@@ -154,7 +158,7 @@ def test_fsdp_logs_the_global_norm_of_the_unsharded_gradient(tmp_path: Path, kin
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", WRAPPED)
 def test_fsdp_abort_stops_both_ranks_and_names_the_module_on_the_rank_that_carried_it(tmp_path: Path, kind: str) -> None:
     r0, r1 = run(tmp_path, "abort", "nan_on_rank1", devices=2, kind=kind)
     for r in (r0, r1):

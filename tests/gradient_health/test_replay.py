@@ -29,6 +29,8 @@ from callbacks.gradient_health import replay as pv
 from callbacks.gradient_health import tensors
 from callbacks.gradient_health.provenance import BACKWARD, Provenance
 
+from ._harness import fit, make_trainer
+
 pytestmark = pytest.mark.usefixtures("quiet_training")
 
 FAULT_STEP = 2
@@ -180,22 +182,8 @@ def _same(a: Any, b: Any) -> bool:
 # --------------------------------------------------------------------------------------------- harness
 def run(tmp_path: Path, model: L.LightningModule, data: Dataset, mode: str = "abort", fp16: bool = False, **kw: Any):
     cb = GradientHealth(on_nonfinite=mode, report_dir=str(tmp_path), label_key=None, **kw)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=MAX_STEPS,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-        callbacks=[cb],
-        plugins=[fp16_scaler_plugin()] if fp16 else None,
-    )
-    err = None
-    try:
-        trainer.fit(model, DataLoader(data, batch_size=None))
-    except NonFiniteTrainingError as e:
-        err = e
+    trainer = make_trainer(tmp_path, cb, scaler=fp16, max_steps=MAX_STEPS)
+    err = fit(trainer, model, DataLoader(data, batch_size=None))
     return cb, trainer, err
 
 

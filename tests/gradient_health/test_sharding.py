@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from callbacks.gradient_health import sharding
+from callbacks.gradient_health import sharding, tensors
 
 
 class FakeDTensor:
@@ -55,3 +55,17 @@ def test_each_rank_contributes_its_squares_divided_by_their_copies() -> None:
     assert float(sharding.summed_squares(norms, tensors, world=2, plain_copies=1)) == 25.0
     # a full copy on both ranks: each rank adds half, so the ranks' sum is the tensor's square once
     assert float(sharding.summed_squares(norms, tensors, world=2, plain_copies=2)) == 12.5
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("layer._fsdp_wrapped_module.act", "layer.act"),  # a module inside a nested FSDP unit
+        ("_fsdp_wrapped_module.inp.weight", "inp.weight"),
+        ("model._orig_mod.layers.0._checkpoint_wrapped_module.mlp", "model.layers.0.mlp"),  # compiled, checkpointed
+        ("my_orig_mod.x", "my_orig_mod.x"),  # only whole segments are wrappers
+        ("", ""),
+    ],
+)
+def test_module_paths_are_named_as_the_model_spells_them(name: str, shown: str) -> None:
+    assert tensors.user_path(name) == shown
