@@ -247,7 +247,11 @@ class TimeBudget(Callback):
         self.phases["training"] += self._lap()
         # the share caps all of validation: this timing itself (and any validation so far) comes off the cap
         spent = self.phases["validation"] + self._timing_s
-        self.validation_reserve_s = self._estimate_validation(trainer, pl_module, spent_s=spent)
+        again = self._estimate_validation(trainer, pl_module, spent_s=spent)
+        # a slower machine raises the reserve; a lower second timing is not trusted over the first (a timing of a
+        # few rows is noisy, see docs/learning.md, and running over the budget costs more than the training a
+        # too-large reserve gives up)
+        self.validation_reserve_s = max(again, before or 0.0)
         self.phases["validation"] += self._lap()
         rank_zero_info(
             f"time budget: the final validation timed again at {self.progress:.0%} of the schedule: "

@@ -336,6 +336,17 @@ def test_the_validation_share_caps_the_timing_too() -> None:
     assert limits == [pytest.approx(90.0), pytest.approx(90.0 - 5)]
 
 
+def test_a_lower_second_timing_does_not_shrink_the_reserve() -> None:
+    clock, trainer = FakeClock(), fake_trainer()
+    estimates = iter([40.0, 10.0])
+    module = SimpleNamespace(estimate_validation_seconds=lambda max_seconds=None: next(estimates))
+    budget = TimeBudget(minutes=10, end_seconds=0, clock=clock)
+    budget.on_train_start(trainer, module)
+    run_batches(budget, clock, trainer, module)
+    assert budget.validation_reserve_s == pytest.approx(44.0)
+    assert next(estimates, None) is None  # the second timing did run
+
+
 def test_reestimate_can_be_turned_off() -> None:
     clock, trainer = FakeClock(), fake_trainer()
     calls = []
