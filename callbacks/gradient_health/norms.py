@@ -22,9 +22,10 @@ _ACCUMULATE_IN_FP32 = (torch.float16, torch.bfloat16, torch.float32)
 def per_tensor_norms(tensors: Sequence[Tensor | None], out_device: torch.device) -> tuple[Tensor, list[int]]:
     """Return the L2 norm of every non-``None`` tensor as one fp32 vector on ``out_device``.
 
-    A DTensor's entry is the norm of this rank's shard. The vector is ordered by (device, dtype) group, not by input position, so no index tensor has to be
-    copied to the device; the second return value maps vector position -> input position. ``None`` entries
-    (parameters that received no gradient) are left out; they contribute nothing to a total norm.
+    A DTensor's entry is the norm of this rank's shard. The vector is ordered by (device, dtype) group, not by
+    input position, so no index tensor has to be copied to the device; the second return value maps vector
+    position -> input position. ``None`` entries (parameters that received no gradient) are left out; they
+    contribute nothing to a total norm.
     """
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, t in enumerate(tensors):
