@@ -151,8 +151,8 @@ class CompletionHook:
     """``greedy_generate``'s ``forced`` hook for a task's ``completion``: the text a row has so far (decoded with
     ``decode``) goes to ``completion``; what it returns is encoded with ``encode`` and ended with EOS.
 
-    ``trigger``: when set, only a step whose last token's text ends with it is decoded in full (the
-    calculator's set-up ends with ``>``), so most steps cost one single-token decode.
+    ``trigger``: when set, only a step whose last token's text ends with it (or with one of them) is decoded in
+    full (the calculator's set-up ends with ``>``), so most steps cost one single-token decode.
     """
 
     def __init__(
@@ -161,7 +161,7 @@ class CompletionHook:
         decode: Callable[[Sequence[int]], str],
         encode: Callable[[str], list[int]],
         eos_token_id: int,
-        trigger: str | None = None,
+        trigger: str | tuple[str, ...] | None = None,
     ) -> None:
         self.completion = completion
         self.decode = decode

@@ -28,8 +28,8 @@ def test_format_prompt_keeps_inner_text_verbatim() -> None:
 
 
 def test_format_answer_writes_the_working_before_the_tag() -> None:
-    target = format_answer(1.83, 3, working="1 ft = 0.305 m; 6×0.305=")
-    assert target == "1 ft = 0.305 m; 6×0.305=<answer>1.83</answer>"
+    target = format_answer(1.83, 3, working="ft to m: 6×0.305=")
+    assert target == "ft to m: 6×0.305=<answer>1.83</answer>"
     assert parse_answer(target) == 1.83  # the metric reads the tag, not the numbers before it
 
 

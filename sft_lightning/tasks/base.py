@@ -67,8 +67,9 @@ class Task:
         """The number each text answers (float64, NaN for none)."""
         return parse_answers(texts)
 
-    # A cheap pre-check for ``completion``: when set, it is only called after a token whose text ends with this.
-    completion_trigger: str | None = None
+    # A cheap pre-check for ``completion``: when set, it is only called after a token whose text ends with this
+    # (or with one of these).
+    completion_trigger: str | tuple[str, ...] | None = None
 
     def completion(self, text: str) -> str | None:
         """Text to force after ``text`` (ending the answer), or None: no hook by default."""

@@ -19,7 +19,7 @@ from sft_lightning.prompt import format_answer
 from sft_lightning.records import DataError, QARecord, load_records
 from sft_lightning.tasks.base import Task, TaskData
 from sft_lightning.tasks.unit_conversion import UNSEEN_VAL_SET
-from sft_lightning.tasks.unit_conversion.calculator import completion
+from sft_lightning.tasks.unit_conversion import calculator, factor_lookup
 from sft_lightning.tasks.unit_conversion.generator import ConversionQuestion, generate_splits, select_units
 
 
@@ -30,7 +30,7 @@ class UnitConversion(Task):
         train_size / val_size: generated set sizes.
         unseen_val_size: questions in the ``val_unseen`` set, phrased only with templates and unit spellings
             held out of training (0: none).
-        answer_format: ``worked`` trains on answers written out as ``1 ft = 0.305 m; 6×0.305=<answer>1.83</answer>``
+        answer_format: ``worked`` trains on answers written out as ``ft to m: 6×0.305=<answer>1.83</answer>``
             (``worked.py``), ``bare`` on the tag alone.
         families / units: restrict the generator (``generator.select_units``).
         val_file: score ``val`` on this file instead of generated questions (same formats as ``NumericFile``).
@@ -86,11 +86,12 @@ class UnitConversion(Task):
             return [QARecord(q.question, q.answer) for q in questions]
         return [QARecord(q.question, q.answer, format_answer(q.worked_value, digits, q.working)) for q in questions]
 
-    completion_trigger = ">"  # a set-up ends with "=<answer>"
+    completion_trigger = ("×", ">")  # a set-up ends with "×" (the factor's place) or "=<answer>"
 
     def completion(self, text: str) -> str | None:
-        """The calculator: the exact product of a worked answer's set-up (``calculator.py``)."""
-        return completion(text)
+        """The factor from the unit table once the model has named the units and the quantity
+        (``factor_lookup.py``), else the exact value of the model's own set-up (``calculator.py``)."""
+        return factor_lookup.completion(text) or calculator.completion(text)
 
     def describe(self, index: int, record: QARecord) -> str:
         return record.origin or f"generated training record {index} (seed {getattr(self, 'seed', '?')})"

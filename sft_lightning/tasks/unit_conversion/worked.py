@@ -1,14 +1,16 @@
-"""Worked answers: the conversion written out before the answer, e.g. ``1 ft = 0.305 m; 6×0.305=``.
+"""Worked answers: the conversion written out before the answer, e.g. ``ft to m: 6×0.305=``.
 
 A bare ``<answer>1.83</answer>`` asks a 135M model to learn every (unit pair, quantity)
 product as one opaque fact. Written out, the target splits into what transfers: naming the two
-units in one canonical spelling (whatever the question used), the pair's factor (one fact per
-pair, the same for every quantity) and a multiplication (one skill for all pairs). Measured on the
-same CPU budget this is the single largest gain (docs/learning.md, "Learning per CPU-minute").
+units in one canonical spelling (whatever the question used), the quantity, the pair's factor (one
+fact per pair, the same for every quantity) and a multiplication (one skill for all pairs).
+Measured on the same CPU budget this is the single largest gain (docs/learning.md, "Learning per
+CPU-minute"). The units and the quantity come first, so that at generation the factor and the
+product can come from the unit table and the calculator (``factor_lookup.py``, ``calculator.py``).
 
 The factor is rounded to 3 significant digits (at most 0.5% off, well inside the 5% tolerance),
 and the answer is the product of the numbers shown, so the arithmetic the model learns is
-exact. Temperatures are affine, so they name the units first and are worked in two visible steps:
+exact. Temperatures are affine, so they are worked in two visible steps:
 ``°F to °C: (100-32)/1.8=68/1.8=``.
 """
 
@@ -43,10 +45,15 @@ def working(quantity: float, source: str, target: str) -> tuple[str, float]:
         inner = round(first(quantity), 6)
         steps = whole.format(q=q) + "=" + (rest.format(a=_plain(inner)) + "=" if rest else "")
         return f"{BY_KEY[source].symbol} to {BY_KEY[target].symbol}: {steps}", finish(inner)
-    factor = float(format_number(pair_factor(source, target), FACTOR_DIGITS))
-    f = _plain(factor)
-    text = f"1 {BY_KEY[source].symbol} = {f} {BY_KEY[target].symbol}; {q}×{f}="
-    return text, quantity * factor
+    factor = factor_text(source, target)
+    text = f"{BY_KEY[source].symbol} to {BY_KEY[target].symbol}: {q}×{factor}="
+    return text, quantity * float(factor)
+
+
+def factor_text(source: str, target: str) -> str:
+    """How a working writes the factor from ``source`` to ``target`` (canonical keys of one family):
+    3 significant digits, plain decimals."""
+    return _plain(float(format_number(pair_factor(source, target), FACTOR_DIGITS)))
 
 
 def _plain(value: float) -> str:

@@ -27,11 +27,13 @@ def test_evaluate_refuses_anything_but_plain_arithmetic(expression: str) -> None
 @pytest.mark.parametrize(
     ("text", "rest"),
     [
-        ("1 ft = 0.305 m; 6×0.305=<answer>", "1.83</answer>"),
+        ("ft to m: 6×0.305=<answer>", "1.83</answer>"),
+        ("1 ft = 0.305 m; 6×0.305=<answer>", "1.83</answer>"),  # the earlier format
+        ("xx to m: 6×0.3=<answer>", "1.8</answer>"),  # a unit the table lacks: the model's own factor
         ("°F to °C: (100-32)/1.8=68/1.8=<answer>", "37.78</answer>"),  # the set-up, not the model's 68
         ("°F to °C: (100-32)/1.8=67/1.8=<answer>", "37.78</answer>"),  # a wrong partial result is not used
         ("°C to K: 41+273.15=<answer>", "314.1</answer>"),
-        ("1 d = 86400000 ms; 1.25×86400000=<answer>", "108000000</answer>"),
+        ("d to ms: 1.25×86400000=<answer>", "108000000</answer>"),
     ],
 )
 def test_completion_states_the_value_of_the_set_up(text: str, rest: str) -> None:
@@ -39,7 +41,7 @@ def test_completion_states_the_value_of_the_set_up(text: str, rest: str) -> None
     assert parse_answer(text + rest) == pytest.approx(float(rest.split("<")[0]))
 
 
-@pytest.mark.parametrize("text", ["<answer>", "1 ft = 0.305 m; 6×0.305=", "I think=<answer>", "6×0.305=<answer>1", "no calculation"])
+@pytest.mark.parametrize("text", ["<answer>", "ft to m: 6×0.305=", "I think=<answer>", "6×0.305=<answer>1", "no calculation"])
 def test_no_set_up_means_no_completion(text: str) -> None:
     assert completion(text) is None
 
