@@ -56,7 +56,7 @@ class SFTDataModule(L.LightningDataModule):
         train_size / val_size: generator set sizes (``val_size`` also sets the hold-out size).
         unseen_val_size: questions in the generated ``val_unseen`` set, phrased only with templates and
             unit spellings held out of training (generator only; 0: none).
-        answer_format: ``worked`` trains on generated answers written out as ``1 ft = 0.305 m;
+        answer_format: ``worked`` trains on generated answers written out as ``ft to m:
             6×0.305=<answer>1.83</answer>`` (see ``tasks/unit_conversion/worked.py``), ``bare`` on the tag alone.
             Questions from ``train_file`` always train on the bare tag.
         extra_val_files: more validation sets, ``{name: file}`` (same formats as ``val_file``); each

@@ -74,9 +74,10 @@ class SFTModule(L.LightningModule):
         warmup_ratio / min_lr_ratio: linear warmup over this share of steps, then cosine decay
             to ``min_lr_ratio * learning_rate``.
         max_new_tokens: generation budget per validation question.
-        calculator: let the task's generation hook write what it knows exactly; for unit conversion, when a worked
-            answer sets a calculation up (``6×0.305=<answer>``), its exact value (``tasks/unit_conversion/calculator.py``).
-            False measures the model's own arithmetic.
+        calculator: let the task's generation hook write what it knows exactly; for unit conversion, the factor
+            from the unit table once a worked answer names its units and quantity (``ft to m: 6×``,
+            ``tasks/unit_conversion/factor_lookup.py``), and the exact value of a set-up (``6×0.305=<answer>``,
+            ``calculator.py``). False measures the model alone.
         merge_lora_for_generation: fold the LoRA update into a temporary copy of the weights while
             generating (``sft_lightning.merged_lora``): the same answers up to bf16 rounding, faster
             decoding; the training weights are untouched.

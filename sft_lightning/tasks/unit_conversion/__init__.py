@@ -1,5 +1,5 @@
 """Unit conversion, the shipped task: the unit table (``units.py``), phrasings (``phrasings.py``), the question
-generator (``generator.py``), worked answers (``worked.py``), the calculator (``calculator.py``) and the task
+generator (``generator.py``), worked answers (``worked.py``), the factor lookup (``factor_lookup.py``), the calculator (``calculator.py``) and the task
 that ties them to the protocol of ``sft_lightning.tasks.base`` (``task.py``). ``UnitConversion`` is imported on
 first use, so the generator loads without torch."""
 

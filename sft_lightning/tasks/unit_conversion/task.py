@@ -18,8 +18,7 @@ from sft_lightning.metrics import MAIN_VAL_SET
 from sft_lightning.prompt import format_answer
 from sft_lightning.records import DataError, QARecord, load_records
 from sft_lightning.tasks.base import Task, TaskData
-from sft_lightning.tasks.unit_conversion import UNSEEN_VAL_SET
-from sft_lightning.tasks.unit_conversion import calculator, factor_lookup
+from sft_lightning.tasks.unit_conversion import UNSEEN_VAL_SET, calculator, factor_lookup
 from sft_lightning.tasks.unit_conversion.generator import ConversionQuestion, generate_splits, select_units
 
 

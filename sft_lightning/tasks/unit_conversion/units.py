@@ -90,7 +90,7 @@ class Unit:
 
     @property
     def symbol(self) -> str:
-        """The shortest standard way to write it, used in worked answers ("1 ft = 0.305 m")."""
+        """The shortest standard way to write it, used in worked answers ("ft to m: 6×0.305=")."""
         return self.symbols[0] if self.symbols else self.singular
 
     def spellings(self) -> tuple[str, ...]:
