@@ -30,7 +30,7 @@ MODES = {
 def measure(adapter: str, config: Path, overrides: list[str] | None) -> dict[str, Any]:
     from sft_lightning.compile import eager
     from sft_lightning.data import SFTDataModule
-    from sft_lightning.loss import supervised_loss_sum
+    from sft_lightning.loss import chunked_loss_sum
     from sft_lightning.metrics import MAIN_VAL_SET
     from sft_lightning.module import SFTModule
     from sft_lightning.validation_timing import LARGE_BATCH, Ending, answer_lengths, measure_validation_cost, shape_of, spread
@@ -41,6 +41,7 @@ def measure(adapter: str, config: Path, overrides: list[str] | None) -> dict[str
     data.setup("fit")
     module = SFTModule(**dict(settings["model"], adapter=adapter, compile=False, num_logged_samples=0))
     module.configure_model()
+    module.task = data.task  # no Trainer links the two here: without it, generation would run without the calculator
     module.model.eval()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision.startswith("bf16") else contextlib.nullcontext()
     max_new = module.hparams.max_new_tokens
@@ -69,7 +70,8 @@ def measure(adapter: str, config: Path, overrides: list[str] | None) -> dict[str
             batch = collate(ordered[first : first + batch_size])
             with torch.no_grad(), autocast, module._generation_weights():
                 if with_loss:
-                    supervised_loss_sum(module.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+                    with eager():
+                        chunked_loss_sum(module.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
                 module.generate_texts(batch["prompt_ids"], batch["prompt_mask"])
         real = time.perf_counter() - start
         rows.append({"set": name, "questions": len(examples), "real_s": real, "predicted_s": predicted,

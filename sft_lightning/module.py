@@ -32,7 +32,7 @@ from sft_lightning.compile import compile_decoder_layers, compile_pays, eager
 from sft_lightning.errors import check, check_directory, finite
 from sft_lightning.export import export_adapter
 from sft_lightning.generation import CompletionHook, greedy_generate
-from sft_lightning.loss import WindowTokenMean, per_sample_loss, supervised_loss_sum
+from sft_lightning.loss import WindowTokenMean, chunked_loss_sum, per_sample_loss, supervised_loss_sum
 from sft_lightning.merged_lora import merged_lora_weights
 from sft_lightning.metrics import MAIN_VAL_SET, AnswerMetrics
 from sft_lightning.models import EMBEDDED, ModelLoadError, load_model, load_tokenizer
@@ -310,7 +310,10 @@ class SFTModule(L.LightningModule):
         name = self._val_set_name(dataloader_idx)
         with self._generation_weights():  # one LoRA merge serves the loss forward and the generation
             if name == MAIN_VAL_SET:
-                loss_sum, n_tokens = supervised_loss_sum(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+                # eager: a compiled training graph would be recompiled for no-grad at the final validation, which
+                # costs more than the one forward it serves
+                with eager():
+                    loss_sum, n_tokens = chunked_loss_sum(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
                 self.val_loss.update(loss_sum / n_tokens, weight=n_tokens)
             texts = self.generate_texts(batch["prompt_ids"], batch["prompt_mask"])  # (nested merge: a no-op)
         preds = self.task_in_use().parse(texts)

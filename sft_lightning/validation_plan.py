@@ -1,18 +1,21 @@
 """How long a validation will take, and how many questions fit a bounded share of a time budget.
 
 Validation runs, per batch of ``eval_batch_size`` questions (sorted by prompt length): on the main
-set a loss forward over the whole padded batch, then greedy generation, which is a prefill over
-the padded prompts and one decoding step per generated token, for fewer and fewer rows as rows
-finish. So a batch's seconds are modelled as (``ValidationCost``)
+set a loss forward in chunks of ``LOSS_CHUNK_ROWS`` rows (``loss.chunked_loss_sum``), then greedy
+generation, which is a prefill over the padded prompts and one decoding step per generated token,
+for fewer and fewer rows as rows finish. So a batch's seconds are modelled as (``ValidationCost``)
 
-    per_token * (padded tokens of the loss forward and of the prefill)
+    per_token * (padded tokens of the loss chunks) + per_prompt_token * (padded prompt tokens)
     + per_step * decoding steps + per_row_step * (sum of the rows' decoding steps)
 
 with the rows' lengths those of training answers (a trained model writes answers like them, up to
-where the calculator writes the rest at once). ``per_token`` comes from one timed forward, the two
-decoding constants from two timed generation batches of different sizes; the whole model is then
-applied to the real batches, so a set of 200-row batches is predicted from batches of 16 and 48
-without timing a 200-row batch, which would cost as much as a good part of the validation itself.
+where the task's completion hook writes the rest at once). ``per_token`` comes from one timed loss
+chunk; the prefill and decoding constants from two timed generation batches, where every decoding
+step is timed with the rows it ran (rows leave as they finish, so one batch alone spans many row
+counts): a step costs a fixed part (reading the weights) and a part per row, and the fit separates
+the two from the steps rather than from two batch totals. The whole model is then applied to the
+real batches, so a set of 200-row batches is predicted from batches of 16 and 48 without timing a
+200-row batch, which would cost as much as a good part of the validation itself.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from sft_lightning.loss import LOSS_CHUNK_ROWS
 
 # Generated validation sets are never cut below this many questions: fewer, and an accuracy's
 # 95% interval would be wider than +-0.1.
@@ -36,34 +41,29 @@ class Shape:
 
 @dataclass(frozen=True)
 class ValidationCost:
-    """Seconds per padded forward token, per decoding step, and per row in a decoding step."""
+    """Seconds per padded token of the loss forward and of the prefill, per decoding step, and per row in a
+    decoding step."""
 
     per_token: float
+    per_prompt_token: float
     per_step: float
     per_row_step: float
 
     @classmethod
     def fit(
-        cls, per_token: float, batches: Sequence[tuple[Sequence[Shape], Sequence[int], float]]
+        cls, per_token: float, prefills: Sequence[tuple[int, float]], steps: Sequence[tuple[int, float]]
     ) -> ValidationCost:
-        """The decoding constants from timed generation batches ``(shapes, decoding lengths, seconds)``: least
-        squares over ``seconds - prefill`` (two batches: exact), both constants kept >= 0."""
-        rows = [(max(lengths), sum(lengths), seconds - per_token * prefill_tokens(shapes)) for shapes, lengths, seconds in batches]
-        sxx = sum(s * s for s, _, _ in rows)
-        syy = sum(r * r for _, r, _ in rows)
-        sxy = sum(s * r for s, r, _ in rows)
-        sxt = sum(s * t for s, _, t in rows)
-        syt = sum(r * t for _, r, t in rows)
-        det = sxx * syy - sxy * sxy
-        step, row = ((syy * sxt - sxy * syt) / det, (sxx * syt - sxy * sxt) / det) if abs(det) > 1e-12 else (-1.0, -1.0)
-        if step < 0 or row < 0:  # one constant explains the times: fit the per-row one alone
-            step, row = 0.0, max(0.0, syt / syy) if syy else 0.0
-        return cls(per_token=per_token, per_step=step, per_row_step=row)
+        """The constants from timings: ``prefills`` as (padded prompt tokens, seconds), ``steps`` as (rows,
+        seconds) of single decoding steps. Least squares, every constant kept >= 0."""
+        tokens = sum(n * n for n, _ in prefills)
+        per_prompt_token = max(0.0, sum(n * t for n, t in prefills) / tokens) if tokens else per_token
+        per_step, per_row_step = _line(steps)
+        return cls(per_token=per_token, per_prompt_token=per_prompt_token, per_step=per_step, per_row_step=per_row_step)
 
     def batch_seconds(self, shapes: Sequence[Shape], lengths: Sequence[int], with_loss: bool) -> float:
         if not shapes:
             return 0.0
-        seconds = self.per_token * prefill_tokens(shapes) + self.per_step * max(lengths) + self.per_row_step * sum(lengths)
+        seconds = self.per_prompt_token * prefill_tokens(shapes) + self.per_step * max(lengths) + self.per_row_step * sum(lengths)
         return seconds + (self.per_token * loss_tokens(shapes) if with_loss else 0.0)
 
     def set_seconds(self, shapes: Sequence[Shape], lengths: Sequence[int], batch_size: int, with_loss: bool) -> float:
@@ -77,14 +77,36 @@ class ValidationCost:
         return total
 
 
+def _line(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
+    """(intercept, slope) of seconds over rows by least squares, both >= 0 (a negative one is dropped and the
+    other refitted alone)."""
+    if not points:
+        return 0.0, 0.0
+    n = len(points)
+    sx = sum(x for x, _ in points)
+    sy = sum(y for _, y in points)
+    sxx = sum(x * x for x, _ in points)
+    sxy = sum(x * y for x, y in points)
+    det = n * sxx - sx * sx
+    if det > 1e-12:
+        slope = (n * sxy - sx * sy) / det
+        intercept = (sy - slope * sx) / n
+        if slope >= 0 and intercept >= 0:
+            return intercept, slope
+        if slope < 0:
+            return max(0.0, sy / n), 0.0
+    return 0.0, max(0.0, sxy / sxx) if sxx else 0.0
+
+
 def prefill_tokens(shapes: Sequence[Shape]) -> int:
     """Padded tokens of a left-padded prompt batch."""
     return len(shapes) * max(shape.prompt for shape in shapes)
 
 
-def loss_tokens(shapes: Sequence[Shape]) -> int:
-    """Padded tokens of a right-padded prompt+answer batch."""
-    return len(shapes) * max(shape.full for shape in shapes)
+def loss_tokens(shapes: Sequence[Shape], rows: int = LOSS_CHUNK_ROWS) -> int:
+    """Padded tokens of the loss forward over a batch in order, ``rows`` rows at a time, each chunk padded to its
+    own longest row (``loss.chunked_loss_sum``)."""
+    return sum(len(chunk) * max(shape.full for shape in chunk) for chunk in (shapes[i : i + rows] for i in range(0, len(shapes), rows)))
 
 
 def cycled(lengths: Sequence[int], start: int, count: int) -> list[int]:

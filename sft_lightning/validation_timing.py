@@ -1,7 +1,8 @@
 """Timing validation, in seconds, for ``TimeBudget``'s plan.
 
-One batch runs the validation loss forward, and two small batches of validation prompts are
-generated; ``sft_lightning.validation_plan`` fits its cost model to the times. How long the rows
+One chunk of rows runs the validation loss forward, and two small batches of validation prompts
+are generated with every decoding step timed (``StepClock``); ``sft_lightning.validation_plan``
+fits its cost model to the times. How long the rows
 run decides most of the cost. Before training, the model's own answers say nothing (it has not
 learnt the format), so rows stop after a training answer's length, or where the calculator takes
 over. A model that has trained (the budget's re-timing near the end, a resumed run) is timed as
@@ -21,15 +22,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from sft_lightning.anatomy import causal_lm_parts
 from sft_lightning.batching import Example
 from sft_lightning.generation import greedy_generate
-from sft_lightning.loss import supervised_loss_sum
+from sft_lightning.loss import LOSS_CHUNK_ROWS, chunked_loss_sum
 from sft_lightning.metrics import MAIN_VAL_SET
-from sft_lightning.validation_plan import Shape, ValidationCost, cycled, loss_tokens, plan_validation
+from sft_lightning.validation_plan import Shape, ValidationCost, cycled, loss_tokens, plan_validation, prefill_tokens
 
 SMALL_BATCH = 16
 LARGE_BATCH = 48
-LOSS_BATCH = 32
 
 
 Forced = Callable[[list[int]], list[int] | None]
@@ -92,7 +93,7 @@ def measure_validation_cost(
     move: Callable[[dict], dict],
     ending: Ending | None = None,
 ) -> tuple[ValidationCost, list[int]]:
-    """Time one loss forward and generation at two batch sizes (``model`` in eval mode, inside the caller's
+    """Time one loss chunk and generation at two batch sizes (``model`` in eval mode, inside the caller's
     no-grad, autocast and merged-weights contexts), fit the cost model to them, and return it with the rows'
     decoding lengths. ``lengths`` None: the larger batch is generated to its own ends (``ending``), and the
     steps its rows took are the lengths (the smaller batch then stops its rows at those)."""
@@ -100,29 +101,58 @@ def measure_validation_cost(
         raise ValueError("measure_validation_cost needs the rows' lengths or how generation ends them (ending)")
     warm = move(collate(spread(prompts, 4)))
     greedy_generate(model, warm["prompt_ids"], warm["prompt_mask"], 2, eos_token_id=-1)  # one-off costs, untimed
-    rows = spread(prompts, LOSS_BATCH)
+    rows = spread(prompts, LOSS_CHUNK_ROWS)
     batch = move(collate(rows))
     start = time.perf_counter()
-    supervised_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    chunked_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
     per_token = (time.perf_counter() - start) / loss_tokens([shape_of(ex) for ex in rows])
-    timed = []
+    prefills: list[tuple[int, float]] = []
+    steps: list[tuple[int, float]] = []
     sizes = sorted({min(SMALL_BATCH, len(prompts)), min(LARGE_BATCH, len(prompts))}, reverse=lengths is None)
+    body, _ = causal_lm_parts(model)
     for n in sizes:
         examples = spread(prompts, n)
         batch = move(collate(examples))
-        start = time.perf_counter()
-        if lengths is None:
-            assert ending is not None
-            new_ids = greedy_generate(model, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens, ending.eos_token_id, ending.forced)
-            seconds = time.perf_counter() - start
-            lengths = stops = generated_steps(new_ids, ending, max_new_tokens)
-        else:
-            stops = [min(n_, max_new_tokens) for n_ in cycled(lengths, 0, n)]
-            greedy_generate(model, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens, eos_token_id=-1, stop_lengths=stops)
-            seconds = time.perf_counter() - start
-        timed.append(([shape_of(ex) for ex in examples], stops, seconds))
+        with StepClock(body) as clock:
+            if lengths is None:
+                assert ending is not None
+                new_ids = greedy_generate(model, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens, ending.eos_token_id, ending.forced)
+                lengths = generated_steps(new_ids, ending, max_new_tokens)
+            else:
+                stops = [min(n_, max_new_tokens) for n_ in cycled(lengths, 0, n)]
+                greedy_generate(model, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens, eos_token_id=-1, stop_lengths=stops)
+        (_, prefill_s), *decoding = clock.intervals()
+        prefills.append((prefill_tokens([shape_of(ex) for ex in examples]), prefill_s))
+        steps.extend(decoding)
     assert lengths is not None
-    return ValidationCost.fit(per_token, timed), list(lengths)
+    return ValidationCost.fit(per_token, prefills, steps), list(lengths)
+
+
+class StepClock:
+    """The seconds of each forward of ``body`` and what follows it up to the next one (a decoding step: the
+    forward, the head, the host copy, the hook), with the rows it ran, from a forward pre-hook."""
+
+    def __init__(self, body: nn.Module) -> None:
+        self.body = body
+        self.starts: list[tuple[int, float]] = []
+        self.end = 0.0
+
+    def __enter__(self) -> StepClock:
+        def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            self.starts.append((int(ids.shape[0]) if ids is not None else 0, time.perf_counter()))
+
+        self._handle = self.body.register_forward_pre_hook(record, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.end = time.perf_counter()
+        self._handle.remove()
+
+    def intervals(self) -> list[tuple[int, float]]:
+        """(rows, seconds) per forward, the prefill first."""
+        ends = [t for _, t in self.starts[1:]] + [self.end]
+        return [(rows, end - start) for (rows, start), end in zip(self.starts, ends)]
 
 
 def plan_final_validation(

@@ -7,40 +7,87 @@ import math
 import pytest
 import torch
 
+from sft_lightning.anatomy import causal_lm_parts
 from sft_lightning.batching import EvalCollator, Example
 from sft_lightning.generation import greedy_generate
+from sft_lightning.loss import chunked_loss_sum, supervised_loss_sum
 from sft_lightning.tiny_model import build_tiny_llama
-from sft_lightning.validation_plan import MIN_GENERATED_QUESTIONS, Shape, ValidationCost, cycled, plan_validation, wilson_interval
-from sft_lightning.validation_timing import Ending, answer_lengths, generated_steps, measure_validation_cost, spread
+from sft_lightning.validation_plan import (
+    MIN_GENERATED_QUESTIONS,
+    Shape,
+    ValidationCost,
+    cycled,
+    loss_tokens,
+    plan_validation,
+    wilson_interval,
+)
+from sft_lightning.validation_timing import Ending, StepClock, answer_lengths, generated_steps, measure_validation_cost, spread
 
 
-def test_the_fit_recovers_the_decoding_constants_from_two_batches() -> None:
-    true = ValidationCost(per_token=0.001, per_step=0.05, per_row_step=0.002)
-    small = ([Shape(20, 50)] * 16, [30] * 16)
-    large = ([Shape(25, 60)] * 48, [20, 40] * 24)
-    timed = [(shapes, lengths, true.batch_seconds(shapes, lengths, with_loss=False)) for shapes, lengths in (small, large)]
-    fitted = ValidationCost.fit(true.per_token, timed)
-    assert fitted.per_step == pytest.approx(0.05) and fitted.per_row_step == pytest.approx(0.002)
+def test_the_fit_recovers_the_constants_from_timed_steps() -> None:
+    """Steps of 48 rows down to 1 (rows leave as they finish) separate a step's fixed cost from its cost per row."""
+    true = ValidationCost(per_token=0.001, per_prompt_token=0.0004, per_step=0.05, per_row_step=0.002)
+    steps = [(rows, true.per_step + true.per_row_step * rows) for rows in (48, 48, 30, 12, 3, 1, 16, 16, 5)]
+    prefills = [(16 * 20, 16 * 20 * 0.0004), (48 * 25, 48 * 25 * 0.0004)]
+    fitted = ValidationCost.fit(true.per_token, prefills, steps)
+    assert (fitted.per_token, fitted.per_prompt_token) == (pytest.approx(0.001), pytest.approx(0.0004))
+    assert (fitted.per_step, fitted.per_row_step) == (pytest.approx(0.05), pytest.approx(0.002))
     # and so it predicts a 200-row batch it never timed
     big = ([Shape(30, 70)] * 200, [26] * 200)
     assert fitted.batch_seconds(*big, with_loss=True) == pytest.approx(true.batch_seconds(*big, with_loss=True))
 
 
-def test_constants_never_go_negative() -> None:
-    # times that fall with more rows would give a negative per-row constant: one constant is kept instead
-    timed = [([Shape(10, 20)] * 16, [10] * 16, 2.0), ([Shape(10, 20)] * 48, [10] * 48, 1.0)]
-    fitted = ValidationCost.fit(0.0, timed)
-    assert fitted.per_step >= 0 and fitted.per_row_step >= 0
+def test_one_batch_whose_rows_all_end_together_still_fits() -> None:
+    """Steps of one row count only: no intercept can be told apart, so the time goes per row."""
+    fitted = ValidationCost.fit(0.0, [], [(16, 0.8)] * 5)
+    assert fitted.per_step == 0 and fitted.per_row_step == pytest.approx(0.05)
+    assert fitted.per_prompt_token == 0.0  # no prefill timed: the loss forward's constant
+
+
+@pytest.mark.parametrize(
+    ("steps", "per_step", "per_row_step"),
+    [
+        ([(1, 2.0), (48, 1.0)], 1.5, 0.0),  # times that fall with more rows: a fixed cost alone
+        ([(1, 0.0), (10, 0.5), (20, 1.0)], 0.0, None),  # a negative intercept: a cost per row alone
+    ],
+)
+def test_constants_never_go_negative(steps: list[tuple[int, float]], per_step: float, per_row_step: float | None) -> None:
+    fitted = ValidationCost.fit(0.0, [(10, -1.0)], steps)
+    assert fitted.per_step == pytest.approx(per_step) and fitted.per_row_step >= 0 and fitted.per_prompt_token == 0
+    if per_row_step is None:
+        assert fitted.per_row_step == pytest.approx(sum(r * t for r, t in steps) / sum(r * r for r, _ in steps))
 
 
 def test_a_batch_is_prefill_decoding_and_the_loss_only_where_asked() -> None:
-    cost = ValidationCost(per_token=0.01, per_step=1.0, per_row_step=0.1)
+    cost = ValidationCost(per_token=0.01, per_prompt_token=0.02, per_step=1.0, per_row_step=0.1)
     shapes, lengths = [Shape(10, 30), Shape(20, 40)], [5, 3]
     # prefill 2 x 20 tokens, 5 steps, 8 row-steps; the loss forward 2 x 40 tokens
-    assert cost.batch_seconds(shapes, lengths, with_loss=False) == pytest.approx(0.4 + 5 + 0.8)
-    assert cost.batch_seconds(shapes, lengths, with_loss=True) == pytest.approx(0.4 + 5 + 0.8 + 0.8)
+    assert cost.batch_seconds(shapes, lengths, with_loss=False) == pytest.approx(0.8 + 5 + 0.8)
+    assert cost.batch_seconds(shapes, lengths, with_loss=True) == pytest.approx(0.8 + 5 + 0.8 + 0.8)
     assert cost.batch_seconds([], [], with_loss=True) == 0
     assert cycled([1, 2, 3], 2, 4) == [3, 1, 2, 3]
+
+
+def test_the_loss_forward_is_counted_in_chunks_padded_to_their_own_longest_row() -> None:
+    shapes = [Shape(5, 10)] * 32 + [Shape(5, 40)] * 8
+    assert loss_tokens(shapes) == 32 * 10 + 8 * 40
+    assert loss_tokens(shapes, rows=40) == 40 * 40
+
+
+def test_the_chunked_loss_is_the_whole_batchs_loss() -> None:
+    torch.manual_seed(0)
+    model = build_tiny_llama().eval()
+    ids = torch.randint(3, 60, (40, 12))
+    mask = torch.ones_like(ids)
+    mask[:, 9:] = 0  # right padding every row has
+    mask[:5, 6:] = 0
+    labels = torch.where(mask.bool(), ids, torch.full_like(ids, -100))
+    labels[:, :3] = -100
+    with torch.no_grad():
+        whole = supervised_loss_sum(model, ids, mask, labels)
+        chunked = chunked_loss_sum(model, ids, mask, labels, rows=16)
+    assert chunked[1] == whole[1]
+    assert chunked[0] == pytest.approx(float(whole[0]), rel=1e-5)
 
 
 def _sets() -> dict[str, list[Shape]]:
@@ -48,7 +95,7 @@ def _sets() -> dict[str, list[Shape]]:
 
 
 # 0.1 s a question: one row-step per question, and nothing else
-LINEAR = ValidationCost(per_token=0.0, per_step=0.0, per_row_step=0.1)
+LINEAR = ValidationCost(per_token=0.0, per_prompt_token=0.0, per_step=0.0, per_row_step=0.1)
 
 
 def test_everything_fits_nothing_is_cut() -> None:
@@ -129,3 +176,15 @@ def test_spread_takes_evenly_from_short_and_long() -> None:
     assert spread(list(range(10)), 5) == [0, 2, 4, 6, 8]
     assert spread([1, 2], 5) == [1, 2]
     assert math.isclose(len(spread(list(range(1000)), 48)), 48)
+
+
+def test_the_step_clock_times_every_forward_with_the_rows_it_ran() -> None:
+    model = build_tiny_llama().eval()
+    ids = torch.randint(3, 60, (3, 5))
+    body, _ = causal_lm_parts(model)
+    with torch.no_grad(), StepClock(body) as clock:
+        greedy_generate(model, ids, torch.ones_like(ids), 6, eos_token_id=-1, stop_lengths=[1, 3, 5])
+    intervals = clock.intervals()
+    assert [rows for rows, _ in intervals] == [3, 2, 2, 1, 1]  # the prefill, then rows leave as they reach their end
+    assert all(seconds > 0 for _, seconds in intervals)
+    assert not body._forward_pre_hooks  # the clock is gone afterwards
