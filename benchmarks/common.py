@@ -123,6 +123,12 @@ def cpu_in_words(machine: dict[str, Any]) -> str:
     return f"{machine['cpu_model']} ({machine['cpu_count']} cores, {flags}{limited})"
 
 
+def shown(text: str | Path) -> str:
+    """A path or a command line as a results file records it: relative to the repository, so that no result names
+    the directory of the machine it was measured on."""
+    return str(text).replace(f"{ROOT}/", "")
+
+
 def result_path(name: str, accelerator: str = "cpu") -> Path:
     """``benchmarks/results/<name>-<machine kind>.json``: results of different machines never overwrite each other."""
     return RESULTS_DIR / f"{name}-{machine_kind(accelerator)}.json"

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, ROOT, cpu_in_words, machine_description, machine_kind, write_json
+from benchmarks.common import RESULTS_DIR, ROOT, cpu_in_words, machine_description, machine_kind, shown, write_json
 
 # Every arm states the settings it varies explicitly, so a row keeps its meaning when the config's
 # defaults move. "worked" is the config as it is (`make train`).
@@ -64,10 +64,10 @@ def run_arm(name: str, config: Path, minutes: float, out_dir: Path, extra: list[
         raise RuntimeError(f"arm {name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     run_dir = Path(re.search(r"run directory\s+(\S+)", proc.stdout).group(1))
     run_dir = run_dir if run_dir.is_absolute() else ROOT / run_dir
-    result: dict[str, Any] = {"arm": name, "label": label, "command": "sft-lightning " + shlex.join(args), "wall_s": wall}
+    result: dict[str, Any] = {"arm": name, "label": label, "command": shown("sft-lightning " + shlex.join(args)), "wall_s": wall}
     result.update(_final_metrics(run_dir / "metrics.csv"))
     result.update(model_alone(run_dir, config, [*overrides, *extra], env))
-    result["summary"] = proc.stdout[proc.stdout.index("==== sft-lightning fit summary"):].strip()
+    result["summary"] = shown(proc.stdout[proc.stdout.index("==== sft-lightning fit summary"):].strip())
     steps = re.search(r"\nsteps\s+(\d+) \((\d+) examples\)", proc.stdout)
     result["steps"], result["examples"] = (int(steps.group(1)), int(steps.group(2))) if steps else (None, None)
     return result

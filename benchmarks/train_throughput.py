@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.arms import ARMS, DEFAULT_ARMS, REFERENCE, worker_main
-from benchmarks.common import FLOP_FORMULA, machine_description, quiet, result_path, same_batch_ratio, spread, write_json
+from benchmarks.common import FLOP_FORMULA, machine_description, quiet, result_path, same_batch_ratio, shown, spread, write_json
 
 TARGETS = {"hf_pad128": 3.0, "hf_dynamic": 1.15}
 CALLBACK_TARGET = 0.03
@@ -236,7 +236,7 @@ def summarise(args, arms, setup, rounds, final, ceiling_flops, wall_s, callback_
     return {
         "benchmark": "training throughput (non-padding tokens/s), paired rounds",
         "config": {
-            "config_file": str(args.config),
+            "config_file": shown(args.config),
             "model": args.model or "from config",
             "overrides": args.set,
             "steps": args.steps,

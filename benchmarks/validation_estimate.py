@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import EMBEDDED_CONFIG, apply_overrides, embedded_settings, machine_description, result_path, write_json
+from benchmarks.common import EMBEDDED_CONFIG, apply_overrides, embedded_settings, machine_description, result_path, shown, write_json
 
 MODES = {
     "before_training": "rows stop at training answers' lengths (the estimate before the first step)",
@@ -87,7 +87,7 @@ def measure(adapter: str, config: Path, overrides: list[str] | None) -> dict[str
               flush=True)
     return {
         "machine": {**machine_description("cpu"), "precision": precision},
-        "adapter": adapter,
+        "adapter": shown(adapter),
         "sets": rows,
         "real_s": total_real,
         "estimates": summary,

@@ -248,10 +248,10 @@ class TimeBudget(Callback):
         # the share caps all of validation: this timing itself (and any validation so far) comes off the cap
         spent = self.phases["validation"] + self._timing_s
         again = self._estimate_validation(trainer, pl_module, spent_s=spent)
-        # a slower machine raises the reserve; a lower second timing is not trusted over the first (a timing of a
-        # few rows is noisy, see docs/learning.md, and running over the budget costs more than the training a
-        # too-large reserve gives up)
-        self.validation_reserve_s = max(again, before or 0.0)
+        # a slower machine raises the reserve; a lower second timing moves it halfway: both are samples of a noisy
+        # machine (docs/learning.md), and running over the budget costs more than the training a larger reserve
+        # gives up
+        self.validation_reserve_s = again if before is None or again >= before else (again + before) / 2
         self.phases["validation"] += self._lap()
         rank_zero_info(
             f"time budget: the final validation timed again at {self.progress:.0%} of the schedule: "
@@ -315,7 +315,10 @@ class TimeBudget(Callback):
             if seconds > 0
         )
         if self.validation_reserve_s:
-            parts += f"; the final validation was planned at {self.validation_reserve_s:.0f} s"
+            parts += (
+                f"; the final validation was planned at {self.validation_reserve_s / self.validation_safety:.0f} s "
+                f"({self.validation_reserve_s:.0f} s reserved)"
+            )
             if self._last_validation_s is not None:
                 parts += f" and took {self._last_validation_s:.0f} s"
         ended = "the budget" if self.stopped_by_budget else "the trainer's max_steps/max_epochs"
