@@ -310,8 +310,8 @@ class SFTModule(L.LightningModule):
         name = self._val_set_name(dataloader_idx)
         with self._generation_weights():  # one LoRA merge serves the loss forward and the generation
             if name == MAIN_VAL_SET:
-                # eager: a compiled training graph would be recompiled for no-grad at the final validation, which
-                # costs more than the one forward it serves
+                # eager: dynamo guards on the grad mode, so a compiled training graph would be compiled again for
+                # no-grad at the final validation, for the few forwards of one validation
                 with eager():
                     loss_sum, n_tokens = chunked_loss_sum(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
                 self.val_loss.update(loss_sum / n_tokens, weight=n_tokens)
