@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .errors import NonFiniteTrainingError
@@ -24,7 +25,7 @@ from .snapshot import Snapshot, restore, take
 
 ACTIONS = ("abort", "skip", "rollback")
 
-Restore = tuple[Optimizer, Trainable, Snapshot]
+Restore = tuple[Optimizer, Snapshot]
 
 
 @dataclass
@@ -105,20 +106,27 @@ class Recovery:
         self.snapshots: dict[int, Snapshot] = {}
         self.pending: list[Restore] = []
 
-    def snapshot(self, optimizer: Optimizer, trainable: Trainable, step: int) -> None:
-        """Keep the weights (verified finite just now) and optimiser state, every ``snapshot_every_n_steps``."""
+    def snapshot(
+        self, optimizer: Optimizer, trainable: Trainable, step: int, buffers: dict[str, Tensor], force: bool = False
+    ) -> None:
+        """Keep the weights (verified finite just now), their optimiser state and the buffers as they were before
+        this step's forward, every ``snapshot_every_n_steps`` (``force``: now, e.g. when what trains changed)."""
         previous = self.snapshots.get(id(optimizer))
-        if previous is None or step - previous.step >= self.snapshot_every_n_steps:
+        params = trainable.training()
+        changed = previous is not None and (
+            len(previous.targets) != len(params) or any(a is not b for a, b in zip(previous.targets, params))
+        )
+        if force or changed or previous is None or step - previous.step >= self.snapshot_every_n_steps:
             self.snapshots[id(optimizer)] = take(
-                trainable.params, optimizer, step, device=self.snapshot_device, reuse=previous
+                params, optimizer, step, device=self.snapshot_device, reuse=previous, buffers=buffers
             )
 
-    def restorable(self, trainer: pl.Trainer, trainables: dict[int, Trainable], keys: list[int]) -> list[Restore]:
+    def restorable(self, trainer: pl.Trainer, keys: list[int]) -> list[Restore]:
         out = []
         for key in keys:
             optimizer = optimizer_by_id(trainer, key)
             if optimizer is not None and key in self.snapshots:
-                out.append((optimizer, trainables[key], self.snapshots[key]))
+                out.append((optimizer, self.snapshots[key]))
         return out
 
     def have_snapshots(self, trainer: pl.Trainer, trainables: dict[int, Trainable]) -> bool:
@@ -148,18 +156,18 @@ class Recovery:
             p.grad = None
         if action == "rollback":
             keys = list(trainables) if restore_all else [id(optimizer)]
-            self.pending.extend(self.restorable(trainer, trainables, keys))
-        if not any(opt is optimizer for opt, _, _ in self.pending) and not is_torch_optimizer(optimizer):
+            self.pending.extend(self.restorable(trainer, keys))
+        if not any(opt is optimizer for opt, _ in self.pending) and not is_torch_optimizer(optimizer):
             # an optimiser we cannot trust to honour grad=None: undo whatever its step does
-            snap = take(trainable.params, optimizer, trainer.global_step, device=self.snapshot_device)
-            self.pending.append((optimizer, trainable, snap))
+            snap = take(trainable.training(), optimizer, trainer.global_step, device=self.snapshot_device)
+            self.pending.append((optimizer, snap))
 
-    def restore(self, restores: list[Restore]) -> None:
-        for optimizer, trainable, snap in restores:
-            restore(snap, trainable.params, optimizer)
+    def restore(self, restores: list[Restore], module: nn.Module) -> None:
+        for optimizer, snap in restores:
+            restore(snap, optimizer, module)
 
-    def restore_pending(self) -> None:
-        self.restore(self.pending)
+    def restore_pending(self, module: nn.Module) -> None:
+        self.restore(self.pending, module)
         self.pending.clear()
 
     def clear(self) -> None:

@@ -6,17 +6,7 @@ over the gradients, one over the weights, one host sync, one all-reduce), :mod:`
 then on a trip :mod:`.replay` (where it started), :mod:`.report` (the message and the JSON report) and :mod:`.act`
 (abort, drop the update, or restore the last good snapshot) - identically on every rank.
 
-Where each piece happens (and why there):
-
-* ``on_train_batch_start`` / ``on_before_backward``: device-side flags only. Nothing is read back yet.
-* ``on_before_optimizer_step``: Lightning's AMP plugin has already called ``scaler.unscale_`` and has not yet
-  clipped, so gradients are unscaled and pre-clip, and without a scaler the update can still be dropped (a spike too).
-* ``on_train_batch_end`` (before ModelCheckpoint's, which Lightning orders last; after Lightning stepped the LR
-  schedulers): put back a schedule held on a scaler-skipped step (:mod:`.schedule_hold`), restore the rollback snapshot
-  (or, for optimisers outside ``torch.optim``, the pre-step snapshot), else queue a device-side check of the
-  freshly updated weights that the next step's sync reads.
-* a ``state_dict`` pre-hook on the LightningModule: no checkpoint (full or weights-only) is serialised with
-  non-finite trainable weights; ``on_exception`` turns off ``save_on_exception`` when the weights are poisoned.
+Which hook does what, and why there: docs/callback.md, "How it works".
 """
 
 from __future__ import annotations
@@ -41,7 +31,6 @@ from .act import ACTIONS, Counters, Recovery, abort, optimizer_by_id, spare_chec
 from .errors import NonFiniteTrainingError, TrainingSpikeError, check_arguments
 from .interval import log_interval
 from .measure import Measured, StepMeter, Trainable, named_norms, weights_nonfinite
-from .precision import active_scaler, scale_tensor
 from .provenance import Provenance
 from .public_state import PublicState
 from .ranks import gather_views, own_view, rank_clause
@@ -49,6 +38,7 @@ from .replay import record, spike_samples, trace
 from .schedule_hold import ScheduleHold
 from .sharding import sharding_of
 from .skip_list import SkipList
+from .snapshot import StepStart, nonfinite_names, saved_tensors
 from .spike_guard import SpikeGuard
 from .spikes import MIN_HISTORY, THRESHOLD, WINDOW, is_spike_diagnosis
 
@@ -62,15 +52,17 @@ class GradientHealth(PublicState, Callback):
     Args:
         on_nonfinite: ``"abort"`` raises :class:`NonFiniteTrainingError`; ``"skip"`` drops the offending update
             so the optimiser never sees it; ``"rollback"`` restores the last good in-memory snapshot of trainable
-            parameters and optimiser state and drops the offending batch. Skip and rollback abort once
-            ``skip_budget`` is spent, and whenever they cannot help (see below).
+            parameters, optimiser state and buffers, and drops the offending batch. Every trip puts back the
+            buffers and carried attributes the step's forward changed; after a skip or rollback the module's
+            ``reset_state()``, if it has one, is called. Skip and rollback abort once ``skip_budget`` is spent,
+            and whenever they cannot help (see below).
         max_consecutive_skipped: under a GradScaler, how many consecutive overflow steps the scaler may skip;
             the next consecutive overflow aborts (0: every overflow is fatal).
         min_loss_scale: under a GradScaler, a loss scale below this floor is fatal.
         skip_budget: number of trips that skip/rollback may absorb before aborting.
         log_per_module_topk: also log the ``k`` largest per-module gradient norms (0 disables).
         label_key: batch key/attribute holding the targets for the "no supervised tokens" check; ``None``
-            disables the check. The batch may be a mapping or have attribute access.
+            disables the check, and so does a batch without it (quietly: debug log, ``label_check`` in reports).
         ignore_index: target value that is not supervised.
         report_dir: where to write the JSON report; default ``trainer.log_dir`` or ``trainer.default_root_dir``.
         snapshot_every_n_steps: rollback snapshot cadence (in optimiser steps). A snapshot copies the trainable
@@ -100,13 +92,8 @@ class GradientHealth(PublicState, Callback):
     ``min_loss_scale``); ``skip`` meets weights that are already non-finite; ``rollback`` has no snapshot yet and
     the weights are non-finite.
 
-    Logged at every step on which Lightning writes logs (``pl_module.log``, ``on_step=True``):
-    ``grad_health/grad_norm`` (max over the logging interval of the pre-clip, unscaled total gradient norm),
-    ``grad_health/skipped_steps``, ``grad_health/rolled_back_steps``, under a GradScaler also
-    ``grad_health/loss_scale`` and ``grad_health/scaler_skipped_steps``, and with ``log_per_module_topk > 0``
-    ``grad_health/grad_norm/<module>`` (max over the interval, largest ``k`` modules); with ``on_spike`` set the
-    ``grad_health/spike*`` counters; with ``hold_scheduler_on_scaler_skip`` under a GradScaler
-    ``grad_health/scheduler_held_steps``. :attr:`summary` has every counter.
+    Logged on the steps Lightning writes logs: ``grad_health/grad_norm`` (the interval's largest pre-clip, unscaled
+    total norm; per optimiser too when there are several) and the counters; the keys: docs/callback.md.
     """
 
     def __init__(
@@ -169,6 +156,8 @@ class GradientHealth(PublicState, Callback):
         self._skip_list = SkipList()  # the samples trips named (skip_list.py)
         # run state
         self._meter = StepMeter()
+        self._start = StepStart()  # buffers and carried attributes as they were before the step's forward
+        self._measured_in_batch = False
         self._recovery = Recovery(snapshot_every_n_steps, device)
         self._trips: list[dict[str, Any]] = []
         self._report_dir: str | None = None
@@ -208,6 +197,7 @@ class GradientHealth(PublicState, Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._meter.start(trainer.accumulate_grad_batches)
         self._meter.shard(sharding_of(trainer), trainer.world_size)
+        self._start.bind(pl_module)
         self._first_batch_checked = False
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -216,6 +206,7 @@ class GradientHealth(PublicState, Callback):
             self._guard_handle = None
         self._recovery.clear()
         self._meter.clear()
+        self._start.bind(torch.nn.Module())  # drop the references to the module's buffers
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -234,6 +225,8 @@ class GradientHealth(PublicState, Callback):
     # ------------------------------------------------------------------ per batch: cheap device-side flags
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self._meter.batch_idx = batch_idx
+        if not self._start.open or not pl_module.automatic_optimization:
+            self._start.capture(pl_module)  # the first micro-batch of a step: before its forward
         if (self.replay_on_trip or self._spikes.enabled) and pl_module.automatic_optimization:
             self._meter.window.append(record(batch, batch_idx))  # a reference and the RNG state: no copy, no sync
         empty = self._targets.flag(batch)
@@ -246,9 +239,8 @@ class GradientHealth(PublicState, Callback):
                 rank_zero_warn(pf.empty_first_batch(str(self.label_key), self.ignore_index))
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
-        scale = scale_tensor(active_scaler(trainer.precision_plugin))
         accumulation = trainer.accumulate_grad_batches if pl_module.automatic_optimization else None
-        self._meter.add_loss(loss, scale, accumulation)
+        self._meter.add_loss(loss, accumulation)
 
     # ------------------------------------------------------------------ per optimiser step: measure, decide, act
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer) -> None:
@@ -256,7 +248,9 @@ class GradientHealth(PublicState, Callback):
         (pre-clip). Without a scaler the update has not happened yet, so it can still be dropped."""
         step = trainer.global_step
         trainable = self._meter.trainable(optimizer, pl_module)
-        measured = self._meter.measure(trainer, pl_module, optimizer, trainable)
+        buffers = self._start.changed_floating() if self._start.open else []
+        measured = self._meter.measure(trainer, pl_module, optimizer, trainable, buffers)
+        self._measured_in_batch = True
         decision = dx.decide(
             measured.flags,
             step=step,
@@ -270,36 +264,46 @@ class GradientHealth(PublicState, Callback):
         self._meter.account(step, measured, trainable, self.log_per_module_topk)
         if measured.loss_scale is not None:
             self._scaler.record(step, measured.loss_scale, skipped=decision.verdict is dx.Verdict.SCALER_SKIP)
+        if "rollback" in (self.on_nonfinite, self.on_spike) and not decision.params_poisoned:
+            # the weights were verified finite just now: the last good state, whatever happens to this update
+            self._recovery.snapshot(optimizer, trainable, step, self._start.kept_buffers())
+        applied = False
         if decision.verdict is dx.Verdict.TRIP:
             self._on_trip(trainer, pl_module, optimizer, trainable, decision, measured)
         elif spike is None or self._on_spike(trainer, pl_module, optimizer, trainable, spike, measured) == "warn":
-            if "rollback" in (self.on_nonfinite, self.on_spike):
-                self._recovery.snapshot(optimizer, trainable, step)  # weights verified finite just now
-            if decision.verdict is dx.Verdict.HEALTHY:
-                self._meter.expect_update(optimizer, trainable)  # the update will be applied: check the weights after
-            elif self.hold_scheduler_on_scaler_skip and self._hold.capture(trainer):
+            applied = decision.verdict is dx.Verdict.HEALTHY
+            if not applied and self.hold_scheduler_on_scaler_skip and self._hold.capture(trainer):
                 self._counters.scheduler_held_steps += 1  # the scaler skips this step: undone at on_train_batch_end
+        if applied:
+            self._meter.expect_update()  # the weights this update writes are checked at the end of the batch
         self._meter.window.clear()
-        log_interval(
-            trainer, pl_module, self._meter.interval, skipped_steps=self._counters.skipped_steps,
-            rolled_back_steps=self._counters.rolled_back_steps, loss_scale=measured.loss_scale,
-            scaler_skipped_steps=self._scaler.total_skipped, topk=self.log_per_module_topk, prog_bar=self.prog_bar,
-            extra=self._counters.metrics(
-                spikes=self._spikes.enabled, held=self.hold_scheduler_on_scaler_skip and measured.loss_scale is not None
-            ),
-        )
 
     def _on_trip(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer, trainable: Trainable,
         decision: dx.Decision, measured: Measured,
     ) -> None:
-        """Say where it started, report, then abort (raises) or drop this update (skip / rollback)."""
-        provenance = self._provenance(trainer, pl_module, decision)
+        """Put back what the step's forward changed, say where it started, report, then abort (raises) or drop
+        this update (skip / rollback)."""
+        context = {**measured.context(), **self._put_back_step_start(pl_module)}
+        provenance = self._provenance(trainer, pl_module, decision)  # replays from the state the step started from
         restore_all = decision.params_poisoned  # weights already broken: every optimiser's weights may be
         trainables = self._meter.trainables
         has_snapshot = self._recovery.can_roll_back(trainer, optimizer, trainables, restore_all)
-        action = self._trip(trainer, optimizer, decision, measured.context(), "optimizer_step", has_snapshot, provenance)
+        action = self._trip(trainer, optimizer, decision, context, "optimizer_step", has_snapshot, provenance)
         self._recovery.drop_update(trainer, optimizer, trainable, action, trainables, restore_all)
+        self._after_recovery(pl_module)
+
+    def _put_back_step_start(self, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """Buffers and carried attributes back to their values before the step's forward (what is kept in memory,
+        replayed and saved is then what the step started from); the report names the non-finite attributes."""
+        _, attributes = self._start.restore(pl_module)
+        return {"nonfinite_attributes": attributes} if attributes else {}
+
+    def _after_recovery(self, pl_module: pl.LightningModule) -> None:
+        """Skip or rollback done: the module's ``reset_state()``, when it has one, resets state it carries itself."""
+        reset = getattr(pl_module, "reset_state", None)
+        if callable(reset):
+            reset()
 
     def _on_spike(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer, trainable: Trainable,
@@ -312,7 +316,9 @@ class GradientHealth(PublicState, Callback):
         assert self.on_spike is not None
         action = self._trip(trainer, optimizer, decision, context, "optimizer_step", has_snapshot, provenance, self.on_spike)
         if action in ("skip", "rollback"):
+            self._start.restore(pl_module)
             self._recovery.drop_update(trainer, optimizer, trainable, action, self._meter.trainables, restore_all=False)
+            self._after_recovery(pl_module)
         return action
 
     def on_train_batch_end(
@@ -321,8 +327,21 @@ class GradientHealth(PublicState, Callback):
         # runs before ModelCheckpoint.on_train_batch_end (Lightning orders checkpoint callbacks last), and after
         # Lightning stepped the step-interval LR schedulers: a held schedule is put back here
         self._hold.release()
-        self._recovery.restore_pending()
+        self._recovery.restore_pending(pl_module)
         self._meter.check_updates()
+        if self._measured_in_batch:  # every optimiser of this batch has stepped: log, and a new step begins
+            self._measured_in_batch = False
+            self._start.open = False
+            self._log(trainer, pl_module)
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        held = self.hold_scheduler_on_scaler_skip and self._meter.loss_scale is not None
+        log_interval(
+            trainer, pl_module, self._meter.interval, skipped_steps=self._counters.skipped_steps,
+            rolled_back_steps=self._counters.rolled_back_steps, loss_scale=self._meter.loss_scale,
+            scaler_skipped_steps=self._scaler.total_skipped, topk=self.log_per_module_topk, prog_bar=self.prog_bar,
+            extra=self._counters.metrics(spikes=self._spikes.enabled, held=held),
+        )
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Judge the update of the last step, which no later step will look at."""
@@ -352,6 +371,8 @@ class GradientHealth(PublicState, Callback):
         ``mode``: ``on_nonfinite`` (default) or, for a spike, ``on_spike``."""
         assert decision.diagnosis is not None
         mode = mode or self.on_nonfinite
+        if self._targets.off_reason is not None:
+            context = {**context, "label_check": self._targets.off_reason}
         spike = is_spike_diagnosis(decision.diagnosis)
         action, reason = dx.choose_action(
             decision,
@@ -361,9 +382,12 @@ class GradientHealth(PublicState, Callback):
             has_snapshot=has_snapshot,
             at_checkpoint=where == "checkpoint",
         )
+        if context.get("nonfinite_state"):
+            reason = (reason + "; " if reason else "") + "non-finite: " + ", ".join(context["nonfinite_state"][:5])
         self._counters.count(action, spike=spike)
         path = rp.report_path(self._report_dir or trainer.default_root_dir, trainer.global_rank)
-        batch_idx = self._meter.batch_idx
+        # under accumulation the replay names the micro-batch that carried it, not the step's last one
+        batch_idx = provenance.batch_idx if provenance is not None and provenance.batch_idx is not None else self._meter.batch_idx
         views = self._rank_views(trainer, context, provenance) if where == "optimizer_step" else None
         message = rp.message(
             trainer, batch_idx=batch_idx, diagnosis=decision.diagnosis, action=action, reason=reason,
@@ -400,15 +424,16 @@ class GradientHealth(PublicState, Callback):
         """Every rank's own view of this step (several ranks only; every rank trips here, so one gather)."""
         if trainer.world_size <= 1:
             return None
-        local = self._meter.local_flags.tolist() if self._meter.local_flags is not None else None
+        local = self._meter.local_flags
         report = rp.report_file(trainer.global_rank)
         return gather_views(own_view(trainer.global_rank, local, provenance, context.get("loss"), context.get("grad_norm", math.nan), report))
 
-    def _trip_outside_step(self, trainer: pl.Trainer, where: str) -> None:
-        """Weights found non-finite after an update (train end, checkpoint): abort, or roll back every optimiser."""
-        decision = dx.Decision(dx.Verdict.TRIP, dx.D_PARAMS_AFTER, params_poisoned=True)
+    def _trip_outside_step(self, trainer: pl.Trainer, where: str, names: list[str] | None = None) -> None:
+        """State found non-finite outside a step (train end, checkpoint: ``names``, when only buffers or optimiser
+        state are): abort, or roll back every optimiser."""
+        decision = dx.Decision(dx.Verdict.TRIP, dx.D_STATE if names else dx.D_PARAMS_AFTER, params_poisoned=True)
         trainables = self._meter.trainables
-        restorable = self._recovery.restorable(trainer, trainables, list(trainables))
+        restorable = self._recovery.restorable(trainer, list(trainables))
         if not trainables:
             # no optimiser step seen yet (e.g. non-finite weights loaded before the first step): nothing to restore
             self._trip(trainer, None, decision, {"flags": {"params_nonfinite_before": 1}}, where, has_snapshot=False)
@@ -416,24 +441,39 @@ class GradientHealth(PublicState, Callback):
         first = next(iter(trainables.values()))
         optimizer = optimizer_by_id(trainer, next(iter(trainables)))
         context = {"flags": {"params_nonfinite_after_prev_step": 1}, "param_norms": named_norms(first)}
+        if names:
+            context["nonfinite_state"] = names
         self._trip(trainer, optimizer, decision, context, where, has_snapshot=self._recovery.have_snapshots(trainer, trainables))
-        self._recovery.restore(restorable)  # only reached on rollback: all of them, not only the first
-        self._meter.params_after = None  # repaired: the pending post-update flag is stale
+        module = trainer.lightning_module
+        self._recovery.restore(restorable, module)  # only reached on rollback: all of them, not only the first
+        self._meter.forget_updates()  # repaired: the weights of the last updates were put back
 
     def _checkpoint_guard(self, module: torch.nn.Module, prefix: str, keep_vars: bool) -> None:
-        """state_dict pre-hook: refuse to serialise non-finite trainable weights during fit.
+        """state_dict pre-hook: refuse to serialise non-finite state during fit (every floating parameter, buffer
+        and optimiser state tensor); on rollback, restore the last good snapshot first, so that is what is saved.
 
         A pre-hook (not ``on_save_checkpoint``) because Lightning skips callback hooks for weights-only
-        checkpoints, and because it runs before the checkpoint dict is built, so a rollback here is what gets saved.
-        Local check only (no collective): state_dict may legitimately be called on one rank. Not under FSDP, whose
-        own state_dict hooks re-point the parameters at gathered storage: there every step's weight checks stand.
+        checkpoints, and because it runs before the checkpoint dict is built. Local check only (no collective):
+        state_dict may legitimately be called on one rank. Not under FSDP, whose own state_dict hooks re-point the
+        parameters at gathered storage: there every step's weight checks stand.
         """
         trainer = self._trainer_ref() if self._trainer_ref is not None else None
         if trainer is None or trainer.state.fn != TrainerFn.FITTING or self._meter.sharded:
             return
-        params = [p for t in self._meter.trainables.values() for p in t.params] or [
-            p for p in module.parameters() if p.requires_grad
-        ]
-        if not params or not bool(weights_nonfinite(params)):
+        if not bool(weights_nonfinite(saved_tensors(module, trainer.optimizers))):
             return
-        self._trip_outside_step(trainer, where="checkpoint")
+        names = nonfinite_names(module, trainer.optimizers)
+        trained = {n for t in self._meter.trainables.values() for n, p in zip(t.names, t.params) if p.requires_grad}
+        others = [n for n in names if n not in trained]
+        self._trip_outside_step(trainer, where="checkpoint", names=others)  # aborts, or rolls every optimiser back
+        left = nonfinite_names(module, trainer.optimizers)
+        if left:
+            self._poisoned = True
+            message = (
+                f"GradientHealth: {', '.join(left[:5])} still non-finite after the rollback (not trained by any"
+                " optimiser, so no snapshot holds them): checkpoint not written. Fix: find what writes them (a"
+                " buffer updated outside training_step, weights loaded non-finite), or resume from the last good"
+                " checkpoint."
+            )
+            abort(message, diagnosis=dx.D_PARAMS_BEFORE, global_step=trainer.global_step, report_path=None)
+

@@ -21,6 +21,8 @@ D_LOSS_NAN = "non-finite loss (nan) in the forward pass"
 D_LOSS_INF = "non-finite loss (inf) in the forward pass"
 D_GRAD_OVERFLOW = "loss finite but gradients non-finite: overflow in backward"
 D_GRAD_NAN = "loss finite but gradients non-finite: nan in backward"
+D_STATE = "a buffer or optimiser state to be checkpointed is non-finite"
+D_BUFFERS = "a buffer (e.g. BatchNorm running statistics) became non-finite in the forward pass"
 SCALE_COLLAPSE_PREFIX = "fp16 overflow"
 
 
@@ -40,6 +42,7 @@ FLAG_NAMES: tuple[str, ...] = (
     "grad_inf",
     "params_nonfinite_before",
     "params_nonfinite_after_prev_step",
+    "buffers_nonfinite",
 )
 
 
@@ -54,6 +57,7 @@ class StepFlags:
     grad_inf: int = 0
     params_nonfinite_before: int = 0
     params_nonfinite_after_prev_step: int = 0
+    buffers_nonfinite: int = 0
 
     @classmethod
     def from_values(cls, values: list[float]) -> StepFlags:
@@ -158,6 +162,8 @@ def decide(
         return Decision(Verdict.TRIP, D_LOSS_NAN)
     if flags.loss_inf:
         return Decision(Verdict.TRIP, D_LOSS_INF)
+    if flags.buffers_nonfinite:  # a scaler back-off cannot repair state the forward wrote
+        return Decision(Verdict.TRIP, D_BUFFERS)
 
     if loss_scale is None:
         # bf16 / fp32 / fp16 without a scaler: nothing will back off, so a non-finite gradient is fatal now

@@ -25,12 +25,19 @@ class IntervalMax:
         self._max: float | None = None
         self._nonfinite = False
         self._modules: dict[str, float] = {}
+        self._optimizers: dict[str, float] = {}
+        self.steps = 0  # optimiser steps measured since the last log point
 
-    def add(self, grad_norm: float) -> None:
+    def add(self, grad_norm: float, optimizer: str = "optimizer") -> None:
+        """One optimiser's step: the total is the maximum over every optimiser's steps of the interval."""
+        self.steps += 1
         if math.isfinite(grad_norm):
             self._max = grad_norm if self._max is None else max(self._max, grad_norm)
+            previous = self._optimizers.get(optimizer, -math.inf)
+            self._optimizers[optimizer] = grad_norm if not math.isfinite(previous) else max(previous, grad_norm)
         else:
             self._nonfinite = True
+            self._optimizers.setdefault(optimizer, math.inf)  # replaced by the first finite norm
 
     def add_modules(self, tensor_norms: Iterable[tuple[str, float]]) -> None:
         """Per-tensor norms labelled with their module: folded into per-module norms, then into the maxima."""
@@ -47,6 +54,10 @@ class IntervalMax:
         if self._max is not None:
             return self._max
         return math.inf if self._nonfinite else 0.0
+
+    def per_optimizer(self) -> dict[str, float]:
+        """Each optimiser's largest norm of the interval (``inf`` when all of its steps were non-finite)."""
+        return dict(self._optimizers)
 
     def top_modules(self, k: int) -> list[tuple[str, float]]:
         return sorted(self._modules.items(), key=lambda item: item[1], reverse=True)[:k]
@@ -65,8 +76,11 @@ def log_interval(
     prog_bar: bool,
     extra: dict[str, float] | None = None,
 ) -> None:
-    """Log the interval's maxima and the counters on the steps Lightning writes logs, then start a new interval."""
-    if not should_log(trainer):
+    """Log the interval's maxima and the counters on the steps Lightning writes logs, then start a new interval.
+
+    Called once per batch, after every optimiser of the batch stepped: with several optimisers the total is the
+    maximum over all of them, and each has its own ``grad_health/grad_norm/<optimizer>``."""
+    if interval.steps == 0 or not should_log(trainer):
         return
     metrics: dict[str, float] = {
         KEY_GRAD_NORM: interval.grad_norm(),
@@ -77,6 +91,10 @@ def log_interval(
         metrics[KEY_LOSS_SCALE] = loss_scale
         metrics[KEY_SCALER_SKIPPED] = float(scaler_skipped_steps)
     metrics.update(extra or {})
+    optimizers = interval.per_optimizer()
+    if len(optimizers) > 1:
+        for label, value in optimizers.items():
+            metrics[KEY_MODULE_PREFIX + label] = value
     if topk > 0:
         for module, value in interval.top_modules(topk):
             metrics[KEY_MODULE_PREFIX + module] = value

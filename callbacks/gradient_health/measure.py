@@ -1,19 +1,18 @@
 """Measure: the state of one optimiser step, gathered on the device and read back once.
 
-Per micro-batch only device-side flags are kept (no supervised tokens; loss NaN/inf, unscaled by the GradScaler's
-scale and the accumulation factor), so nothing is read back yet. At the optimiser step one fused norm pass over
-the gradients, one over the weights, one all-reduce (SUM) of the flag vector (with the loss and
-the norm, so every rank judges spikes on the same numbers) and one ``.tolist()`` turn them into
-a :class:`Measured`. After each update the weights are checked again on the device; that flag travels with the
-next step's all-reduce (or is read at a checkpoint or at train end).
+Per micro-batch only references are kept (the loss as backward saw it, the "no supervised tokens" flag). At the
+optimiser step one fused norm pass over the gradients, one over the weights that have them (and one over the
+buffers the step changed), one stack and one ``.tolist()`` turn them into a :class:`Measured`; the flags are
+judged on the host from those numbers. Under several ranks the flags are formed on the device instead and travel
+in one all-reduce (SUM) with the loss and the norm, so every rank decides on the same numbers.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
@@ -23,9 +22,9 @@ from torch.optim import Optimizer
 
 from .decide import FLAG_NAMES, StepFlags
 from .interval import IntervalMax
-from .norms import per_tensor_norms, total_norm
+from .norms import Groups, groups_of, norm_parts, per_tensor_norms, total_norm
 from .precision import active_scaler, scale_tensor
-from .sharding import plain_copies_of, summed_squares
+from .sharding import is_dtensor, plain_copies_of, summed_squares
 from .tensors import user_path
 
 NORM_HISTORY = 16  # grad norms of the steps just before a trip, kept for the report
@@ -33,12 +32,22 @@ NORM_HISTORY = 16  # grad norms of the steps just before a trip, kept for the re
 
 @dataclass
 class Trainable:
-    """The trainable parameters of one optimiser, in optimiser order, with their qualified names."""
+    """Every parameter of one optimiser's groups, frozen ones included, with qualified names.
+
+    Which of them train is read each step from their ``.grad`` (a parameter unfrozen mid-run has one from its first
+    backward on), so unfreezing needs no rebuild; the list is rebuilt only when the groups change."""
 
     params: list[Tensor]
     names: list[str]
     modules: list[str]
     n_in_groups: int
+    label: str = "optimizer"  # the optimiser's name in the logged keys (class name, "-1" for a second of a class)
+    groups: Groups = field(default_factory=dict)  # positions by (device, dtype): one fused kernel each
+    plain: bool = True  # no DTensor among them (FSDP2 shards take the slower path)
+
+    def training(self) -> list[Tensor]:
+        """The parameters that train now (``requires_grad``): what a snapshot keeps and a checkpoint check reads."""
+        return [p for p in self.params if p.requires_grad]
 
 
 @dataclass
@@ -49,12 +58,23 @@ class Measured:
     grad_norm: float
     loss: float | None
     loss_scale: float | None
-    grad_norms: list[tuple[str, float]]
-    param_norms: list[tuple[str, float]]
-    grad_order: list[int]
-    grad_values: list[float]
+    names: list[str] = field(default_factory=list)
+    grad_order: list[int] = field(default_factory=list)
+    grad_values: list[float] = field(default_factory=list)
+    param_order: list[int] = field(default_factory=list)
+    param_values: list[float] = field(default_factory=list)
     ranks_grad_norm: float = math.nan  # the mean over ranks (identical on every rank): what the spike rule judges
     ranks_loss: float | None = None
+    nonfinite_buffers: list[str] = field(default_factory=list)
+
+    @property
+    def grad_norms(self) -> list[tuple[str, float]]:
+        """Per-tensor gradient norms with their parameter names (built on demand: a trip or the top-k)."""
+        return [(self.names[i], v) for i, v in zip(self.grad_order, self.grad_values)]
+
+    @property
+    def param_norms(self) -> list[tuple[str, float]]:
+        return [(self.names[i], v) for i, v in zip(self.param_order, self.param_values)]
 
     def spike_values(self) -> dict[str, float | None]:
         """The values the spike rule judges (means over ranks, the same on every rank)."""
@@ -62,7 +82,7 @@ class Measured:
 
     def context(self) -> dict[str, Any]:
         """What the trip report says about this step."""
-        return {
+        out = {
             "loss": self.loss,
             "grad_norm": self.grad_norm,
             "loss_scale": self.loss_scale,
@@ -70,39 +90,65 @@ class Measured:
             "grad_norms": self.grad_norms,
             "param_norms": self.param_norms,
         }
+        if self.nonfinite_buffers:
+            out["nonfinite_buffers"] = self.nonfinite_buffers
+        return out
 
     def module_norms(self, trainable: Trainable) -> Iterable[tuple[str, float]]:
         """The per-tensor gradient norms labelled with their module (for the per-module top-k)."""
         return ((trainable.modules[i], v) for i, v in zip(self.grad_order, self.grad_values))
 
 
-class StepMeter:
-    """The optimiser step in progress: device flags from each micro-batch, read back once per step.
+@dataclass
+class _Parts:
+    """Where each quantity sits in the one vector read back per step."""
 
-    Also what later steps and the report need from earlier ones: the trainables of each optimiser seen, the
-    last grad norms, the logging interval's maxima and the micro-batches kept for a replay.
+    n_grads: int
+    n_params: int
+    n_buffers: int
+    n_losses: int
+    n_post: int
+
+    def bounds(self) -> list[int]:
+        out = [0]
+        for n in (self.n_grads, self.n_params, self.n_buffers, self.n_losses, self.n_post):
+            out.append(out[-1] + n)
+        return out
+
+    def slices(self, values: Any) -> tuple[Any, ...]:
+        """(grads, weights, buffers, losses, post-update weights, extras) of a vector in this layout."""
+        b = self.bounds()
+        return (*(values[b[i] : b[i + 1]] for i in range(5)), values[b[5] :])
+
+
+class StepMeter:
+    """The optimiser step in progress: what each micro-batch left for it, read back once per step.
+
+    Also what later steps and the report need from earlier ones: the trainables of each optimiser seen, which
+    optimisers applied their last update, the last grad norms, the logging interval's maxima and the micro-batches
+    kept for a replay.
     """
 
     def __init__(self) -> None:
         self.trainables: dict[int, Trainable] = {}
+        self._to_check: list[Tensor] = []  # the weights the updates of this batch write (checked at its end)
+        self.post: list[Tensor] = []  # their norms after the update (device; read with the next step's values)
         self.history: deque[tuple[int, float]] = deque(maxlen=NORM_HISTORY)
         self.interval = IntervalMax()
         self.window: deque[Any] = deque(maxlen=1)  # the micro-batches of this optimiser step (RecordedBatch)
         self.batch_idx = -1
-        self.local_flags: Tensor | None = None  # this rank's own flags of the last step (device; read at a trip)
+        self.local_flags: list[float] | None = None  # this rank's own flags of the last step (read at a trip)
         self.sharded = False  # FSDP/FSDP2: each rank's gradients are shards; the norm is over all ranks' shards
+        self.loss_scale: float | None = None  # of the last measured step (logged)
+        self._weights: list[Tensor] = []
+        self._const: tuple[Tensor, Tensor] | None = None  # the weights of the step just measured that had a gradient
         self._plain_copies = 1  # on how many ranks a plain (non-DTensor) tensor lives, when sharded
-        self._post_checks: dict[int, Trainable] = {}
         self.reset()
 
     def reset(self) -> None:
-        """Forget the flags of the step in progress, the pending post-update flag included."""
-        self.loss_sum: Tensor | None = None
-        self.loss_count = 0
-        self.loss_nan: Tensor | None = None
-        self.loss_inf: Tensor | None = None
+        """Forget what the micro-batches of the step in progress left."""
+        self.losses: list[tuple[Tensor, float]] = []  # (loss as backward saw it, accumulation factor)
         self.empty: Tensor | None = None
-        self.params_after: Tensor | None = None  # device flag: weights non-finite after the last update
 
     def shard(self, sharding: str | None, world: int) -> None:
         """How the strategy holds the gradients (see ``sharding``): whole on every rank, or in shards."""
@@ -113,133 +159,215 @@ class StepMeter:
         """A fresh fit: nothing carried over from an earlier one."""
         self.reset()
         self.interval.reset()
+        self._to_check, self.post = [], []
         self.window = deque(maxlen=max(1, int(accumulate_grad_batches)))
 
     def clear(self) -> None:
         """Drop every reference to parameters and batches (teardown)."""
         self.trainables.clear()
-        self._post_checks.clear()
+        self._to_check, self.post = [], []
         self.window.clear()
-        self.params_after = None
 
     def trainable(self, optimizer: Optimizer, pl_module: pl.LightningModule) -> Trainable:
-        """The optimiser's trainable parameters with their names, rebuilt only when its param groups change."""
+        """The optimiser's parameters with their names, rebuilt only when its param groups change."""
         n_in_groups = sum(len(group["params"]) for group in optimizer.param_groups)
         cached = self.trainables.get(id(optimizer))
         if cached is not None and cached.n_in_groups == n_in_groups:
             return cached
         names = {id(p): user_path(name) for name, p in pl_module.named_parameters()}
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        params = [p for group in optimizer.param_groups for p in group["params"]]
         qualified = [names.get(id(p), f"param_{i}") for i, p in enumerate(params)]
         modules = [name.rsplit(".", 1)[0] if "." in name else name for name in qualified]
-        trainable = Trainable(params=params, names=qualified, modules=modules, n_in_groups=n_in_groups)
+        label = cached.label if cached is not None else self._label(optimizer)
+        trainable = Trainable(
+            params=params, names=qualified, modules=modules, n_in_groups=n_in_groups, label=label,
+            groups=groups_of(params), plain=not any(is_dtensor(p) for p in params),
+        )
         self.trainables[id(optimizer)] = trainable
         return trainable
 
-    # ------------------------------------------------------------------ per micro-batch: device flags only
+    def _label(self, optimizer: Optimizer) -> str:
+        """``Adam``, then ``Adam-1`` for a second Adam (as Lightning's LearningRateMonitor names them)."""
+        base = type(optimizer).__name__
+        taken = {t.label for t in self.trainables.values()}
+        label, n = base, 0
+        while label in taken:
+            n += 1
+            label = f"{base}-{n}"
+        return label
+
+    # ------------------------------------------------------------------ per micro-batch: references only
     def add_empty(self, flag: Tensor) -> None:
         self.empty = flag if self.empty is None else (self.empty | flag)
 
-    def add_loss(self, loss: Tensor, scale: Tensor | None, accumulate_grad_batches: int | None) -> None:
-        """The loss as ``training_step`` returned it: the plugin scaled it and Lightning divided it before backward."""
-        value = loss.detach().float()
-        if scale is not None:
-            value = value / scale.to(value.device)
-        if accumulate_grad_batches is not None:
-            value = value * accumulate_grad_batches
-        nan, inf = torch.isnan(value), torch.isinf(value)
-        self.loss_sum = value if self.loss_sum is None else self.loss_sum + value
-        self.loss_count += 1
-        self.loss_nan = nan if self.loss_nan is None else (self.loss_nan | nan)
-        self.loss_inf = inf if self.loss_inf is None else (self.loss_inf | inf)
+    def add_loss(self, loss: Tensor, accumulate_grad_batches: int | None) -> None:
+        """The loss as backward sees it (the plugin scaled it, Lightning divided it for accumulation)."""
+        self.losses.append((loss.detach(), float(accumulate_grad_batches or 1)))
 
     # ------------------------------------------------------------------ per optimiser step: the one read-back
     def measure(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer, trainable: Trainable
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        optimizer: Optimizer,
+        trainable: Trainable,
+        buffers: Sequence[tuple[str, Tensor]] = (),
     ) -> Measured:
-        """Norms of gradients and weights, the step's flags reduced over ranks: one collective, one host sync."""
-        device = trainable.params[0].device if trainable.params else pl_module.device
-        scale_t = scale_tensor(active_scaler(trainer.precision_plugin))
-        grads = [p.grad for p in trainable.params]
-        grad_norms, grad_order = per_tensor_norms(grads, device)
-        if scale_t is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
-            grad_norms = grad_norms / scale_t.to(device)  # fused optimisers unscale inside step(): do it here
-        gnorm = total_norm(grad_norms)
-        param_norms, param_order = per_tensor_norms(trainable.params, device)
-        flags = torch.stack(
-            [
-                _flag(self.loss_nan, device),
-                _flag(self.loss_inf, device),
-                _flag(self.empty, device),
-                torch.isnan(gnorm),
-                torch.isinf(gnorm),
-                ~torch.isfinite(total_norm(param_norms)),
-                _flag(self.params_after, device),
-            ]
-        ).float()
-        loss = (
-            (self.loss_sum / self.loss_count).to(device).reshape(())
-            if self.loss_sum is not None
-            else torch.full((), math.nan, device=device)
-        )
-        self.local_flags = flags  # the all-reduce below works on a new tensor: these stay this rank's own
-        # the loss and the norm travel in the same collective (summed: the ranks' mean), so the spike rule, like
-        # the NaN rules, sees the same numbers on every rank
-        world = max(trainer.world_size, 1)
-        squares = (
-            summed_squares(grad_norms, [grads[i] for i in grad_order], world, self._plain_copies)  # type: ignore[misc]
-            if self.sharded
-            else gnorm.float() * gnorm.float()
-        )
-        local = torch.stack([gnorm, loss.float(), squares])
-        reduced = all_reduce_sum(trainer, torch.cat([flags, local]))  # the one collective
-        scale = scale_t.to(device=device, dtype=torch.float32).reshape(()) if scale_t is not None else loss.new_full((), math.nan)
-        values = torch.cat([reduced, torch.stack([gnorm, loss, scale]), grad_norms, param_norms]).tolist()  # THE sync
-        had_loss = self.loss_sum is not None
+        """Norms of gradients, of the weights that have one, of ``buffers`` (the floating buffers this step
+        changed); the step's flags, reduced over ranks: at most one collective, one host sync."""
+        params = trainable.params
+        device = params[0].device if params else pl_module.device
+        grads = [p.grad for p in params]
+        weights = [p if g is not None else None for p, g in zip(params, grads)]
+        gparts, gorder = norm_parts(grads, device, trainable.groups, trainable.plain)
+        pparts, porder = norm_parts(weights, device, trainable.groups, trainable.plain)
+        bparts = norm_parts([b for _, b in buffers], device)[0] if buffers else []
+        scaler_scale = scale_tensor(active_scaler(trainer.precision_plugin))
+        zero, one = self._constants(device)
+        extras = [
+            self.empty if self.empty is not None else zero,
+            scaler_scale.reshape(()) if scaler_scale is not None else one,
+        ]
+        losses = [loss.reshape(()) for loss, _ in self.losses]
+        post, self.post = self.post, []
+        layout = _Parts(len(gparts), len(pparts), len(bparts), len(losses), len(post))
+        parts = [*gparts, *pparts, *bparts, *losses, *post, *extras]
+        if any(t.device != device for t in parts):
+            parts = [t.to(device) for t in parts]
+        stacked = torch.stack(parts)
+        fused = scaler_scale is not None and getattr(optimizer, "_step_supports_amp_scaling", False)
+        factors = [acc for _, acc in self.losses]
+        if trainer.world_size > 1 or self.sharded:
+            values, flags, ranks = self._reduce(trainer, stacked, layout, grads, gorder, factors, fused)
+        else:
+            values = stacked.tolist()  # THE sync
+            flags = _host_flags(values, layout, factors, fused)
+            ranks = None
         self.reset()
-        n, g = len(FLAG_NAMES), len(grad_order)
-        m = n + 3  # after the reduced vector
-        if self.sharded:  # the true norm of the whole gradient: every rank's shard, squared and summed once
-            values[m] = math.sqrt(values[n + 2]) if values[n + 2] >= 0 else math.nan
-        return Measured(
-            flags=StepFlags.from_values(values[:n]),
-            grad_norm=values[m],
-            loss=values[m + 1] if had_loss else None,
-            loss_scale=values[m + 2] if scale_t is not None else None,
-            grad_norms=[(trainable.names[i], v) for i, v in zip(grad_order, values[m + 3 : m + 3 + g])],
-            param_norms=[(trainable.names[i], v) for i, v in zip(param_order, values[m + 3 + g :])],
-            grad_order=grad_order,
-            grad_values=values[m + 3 : m + 3 + g],
-            ranks_grad_norm=values[m] if self.sharded else values[n] / world,
-            ranks_loss=values[n + 1] / world if had_loss else None,
+        self._weights = [w for w in weights if w is not None]
+        g, p, b, raw_losses, _, (empty, scale) = layout.slices(values)
+        if fused:
+            g = [v / scale for v in g]  # fused optimisers unscale inside step(): do it here
+        unscaled = [v / scale * acc for v, acc in zip(raw_losses, factors)]
+        grad_norm = math.sqrt(math.fsum(v * v for v in g))
+        loss = math.fsum(unscaled) / len(unscaled) if unscaled else None
+        self.local_flags = flags if ranks is None else self.local_flags
+        self.loss_scale = scale if scaler_scale is not None else None
+        measured = Measured(
+            flags=StepFlags.from_values(flags if ranks is None else ranks[0]),
+            grad_norm=grad_norm,
+            loss=loss,
+            loss_scale=self.loss_scale,
+            names=trainable.names,
+            grad_order=gorder,
+            grad_values=g,
+            param_order=porder,
+            param_values=p,
+            ranks_grad_norm=grad_norm if ranks is None else ranks[1],
+            ranks_loss=loss if ranks is None else ranks[2],
+            nonfinite_buffers=[name for (name, _), v in zip(buffers, b) if not math.isfinite(v)],
         )
+        if ranks is not None and self.sharded:  # the true norm of the whole gradient: every rank's shard, once
+            measured.grad_norm = ranks[1]
+        return measured
+
+    def _constants(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """0 and 1 on ``device``, made once: the stand-ins for "no empty-batch flag" and "no loss scale"."""
+        if self._const is None or self._const[0].device != device:
+            self._const = (torch.zeros((), device=device), torch.ones((), device=device))
+        return self._const
+
+    def _reduce(
+        self, trainer: pl.Trainer, stacked: Tensor, layout: _Parts, grads: list[Tensor | None], gorder: list[int],
+        factors: list[float], fused: bool,
+    ) -> tuple[list[float], list[float], tuple[list[float], float, float | None]]:
+        """Several ranks: the flags formed on the device and summed over ranks with the loss and the norm (one
+        all-reduce), then everything read back at once. Returns (local values, local flags, (reduced flags, the
+        ranks' grad norm, the ranks' mean loss))."""
+        gvec, pvec, bvec, lvec, postvec, extras = layout.slices(stacked)
+        empty, scale = extras[0], extras[1]
+        if fused:
+            gvec = gvec / scale
+        gnorm = total_norm(gvec)
+        factor_t = torch.tensor(factors, dtype=torch.float32, device=stacked.device) if factors else lvec
+        unscaled = lvec / scale * factor_t
+        after = ~torch.isfinite(total_norm(postvec))
+        pbad = ~torch.isfinite(total_norm(pvec))
+        flags = torch.stack([
+            torch.isnan(unscaled).any(),
+            torch.isinf(unscaled).any(),
+            empty > 0,
+            torch.isnan(gnorm),
+            torch.isinf(gnorm),
+            pbad & ~after,
+            after,
+            ~torch.isfinite(total_norm(bvec)),
+        ]).float()
+        world = max(trainer.world_size, 1)
+        if self.sharded:
+            ordered = [grads[i] for i in gorder]
+            squares = summed_squares(gvec, ordered, world, self._plain_copies)  # type: ignore[arg-type]
+        else:
+            squares = gnorm * gnorm
+        loss = unscaled.mean() if layout.n_losses else torch.full((), math.nan, device=stacked.device)
+        reduced = all_reduce_sum(trainer, torch.cat([flags, torch.stack([gnorm, loss, squares])]))
+        values = torch.cat([reduced, flags, stacked]).tolist()  # THE sync
+        n = len(FLAG_NAMES)
+        summed, local_flags, local = values[:n], values[n + 3 : 2 * n + 3], values[2 * n + 3 :]
+        gsum, lsum, sqsum = values[n : n + 3]
+        ranks_norm = (math.sqrt(sqsum) if sqsum >= 0 else math.nan) if self.sharded else gsum / world
+        self.local_flags = local_flags
+        return local, local_flags, (summed, ranks_norm, lsum / world if layout.n_losses else None)
 
     def account(self, step: int, measured: Measured, trainable: Trainable, topk: int) -> None:
         """Host-side bookkeeping of a measured step: norm history and the logging interval."""
         self.history.append((step, measured.grad_norm))
-        self.interval.add(measured.grad_norm)
+        self.interval.add(measured.grad_norm, trainable.label)
         if topk > 0:
             self.interval.add_modules(measured.module_norms(trainable))
 
     # ------------------------------------------------------------------ after the update
-    def expect_update(self, optimizer: Optimizer, trainable: Trainable) -> None:
-        """The update will be applied: check these weights once it has been."""
-        self._post_checks[id(optimizer)] = trainable
+    def expect_update(self) -> None:
+        """The update of the step just measured will be applied: its weights are checked once it has been."""
+        self._to_check.extend(self._weights)
 
     def check_updates(self) -> None:
-        """Device flag over the freshly updated weights; no sync (read with the next step's flags)."""
-        flags = [weights_nonfinite(t.params) for t in self._post_checks.values() if t.params]
-        self._post_checks.clear()
-        if flags:
-            self.params_after = torch.stack([f.to(flags[0].device) for f in flags]).any()
+        """Norms of the freshly updated weights: one fused pass, no sync (read with the next step's values)."""
+        if self._to_check:
+            parts, _ = norm_parts(self._to_check, self._to_check[0].device)
+            self.post.extend(parts)
+            self._to_check = []
+
+    def forget_updates(self) -> None:
+        """The weights were put back (a rollback): what the last updates wrote is no longer there."""
+        self._to_check, self.post = [], []
 
     def last_update_broken(self, trainer: pl.Trainer) -> bool:
-        """Read the pending post-update flag, reduced over ranks: for the last step, which no later step reads."""
-        if self.params_after is None:
-            return False
-        flag = all_reduce_sum(trainer, self.params_after.float().reshape(1))
-        self.params_after = None
+        """Whether the last applied update left non-finite weights, reduced over ranks: read once, at train end,
+        for the last step, which no later step looks at."""
+        local = ~torch.isfinite(total_norm(torch.stack(self.post))) if self.post else torch.zeros((), dtype=torch.bool)
+        self.post = []
+        flag = all_reduce_sum(trainer, local.float().reshape(1))
         return flag.item() > 0
+
+
+def _host_flags(values: list[float], layout: _Parts, factors: list[float], fused: bool) -> list[float]:
+    """The flag vector (``FLAG_NAMES`` order) of one process, from the values read back."""
+    g, p, b, raw_losses, post, (empty, scale) = layout.slices(values)
+    unscaled = [v / scale * acc for v, acc in zip(raw_losses, factors)]
+    gsq = math.fsum(v * v for v in g) / (scale * scale if fused else 1.0)
+    after = not all(math.isfinite(v) for v in post)
+    params_bad = not all(math.isfinite(v) for v in p)
+    return [
+        float(any(math.isnan(v) for v in unscaled)),
+        float(any(math.isinf(v) for v in unscaled)),
+        float(empty > 0),
+        float(math.isnan(gsq)),
+        float(math.isinf(gsq)),
+        float(params_bad and not after),
+        float(after),
+        float(not all(math.isfinite(v) for v in b)),
+    ]
 
 
 def no_targets(labels: Any, ignore_index: int) -> Tensor | None:
@@ -253,17 +381,22 @@ def no_targets(labels: Any, ignore_index: int) -> Tensor | None:
 
 
 def weights_nonfinite(params: list[Tensor]) -> Tensor:
-    """Device flag: some weight is non-finite (one fused norm pass, no sync)."""
-    norms, _ = per_tensor_norms(params, params[0].device)
+    """Device flag: some tensor is non-finite (one fused norm pass, no sync)."""
+    floating = [p for p in params if p.is_floating_point()]
+    if not floating:
+        return torch.zeros((), dtype=torch.bool)
+    norms, _ = per_tensor_norms(floating, floating[0].device)
     return ~torch.isfinite(total_norm(norms))
 
 
 def named_norms(trainable: Trainable) -> list[tuple[str, float]]:
     """Per-tensor weight norms with their names (read back: for a trip outside a step only)."""
-    if not trainable.params:
+    indices = [i for i, p in enumerate(trainable.params) if p.requires_grad]
+    if not indices:
         return []
-    norms, order = per_tensor_norms(trainable.params, trainable.params[0].device)
-    return [(trainable.names[i], v) for i, v in zip(order, norms.tolist())]
+    params = [trainable.params[i] for i in indices]
+    norms, order = per_tensor_norms(params, params[0].device)
+    return [(trainable.names[indices[i]], v) for i, v in zip(order, norms.tolist())]
 
 
 def all_reduce_sum(trainer: pl.Trainer, tensor: Tensor) -> Tensor:
@@ -274,9 +407,3 @@ def all_reduce_sum(trainer: pl.Trainer, tensor: Tensor) -> Tensor:
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
         return tensor
     return trainer.strategy.reduce(tensor, reduce_op="sum")
-
-
-def _flag(value: Tensor | None, device: torch.device) -> Tensor:
-    if value is None:
-        return torch.zeros((), dtype=torch.bool, device=device)
-    return value.to(device).reshape(())

@@ -8,6 +8,7 @@ DeepSpeed is refused: it owns the gradients and the step. :class:`TargetCheck` i
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -15,13 +16,14 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import DeepSpeedStrategy
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from .errors import GradientHealthConfigError
 from .measure import no_targets
 from .precision import active_scaler
 from .tensors import find
+
+log = logging.getLogger(__package__)
 
 
 @dataclass(frozen=True)
@@ -136,11 +138,12 @@ def refuse_unsupported(trainer: pl.Trainer) -> None:
 
 
 class TargetCheck:
-    """The per-batch "no supervised tokens" device flag (no sync); warns once when batches lack ``label_key``."""
+    """The per-batch "no supervised tokens" device flag (no sync). A batch without ``label_key`` turns the check
+    off for the run, said once at debug level and in any trip report (``off_reason``): many projects have no labels."""
 
     def __init__(self, label_key: str | None, ignore_index: int) -> None:
         self.label_key, self.ignore_index = label_key, ignore_index
-        self.warned = False
+        self.off_reason: str | None = None if label_key is not None else "off (label_key=None)"
 
     def flag(self, batch: Any) -> Tensor | None:
         """``None`` when there is nothing to check (no ``label_key``, or the batch has none)."""
@@ -148,8 +151,8 @@ class TargetCheck:
             return None
         labels = find(batch, self.label_key)
         if labels is None:
-            if not self.warned:
-                self.warned = True
-                rank_zero_warn(missing_label_key(self.label_key))
+            if self.off_reason is None:
+                self.off_reason = f"off: the batch has no {self.label_key!r} key or attribute"
+                log.debug(missing_label_key(self.label_key))
             return None
         return no_targets(labels, self.ignore_index)

@@ -49,7 +49,7 @@ class RecordedBatch:
 
 def record(batch: Any, batch_idx: int) -> RecordedBatch:
     """Remember ``batch`` and the RNG state its ``training_step`` will start from (dropout masks replay too)."""
-    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None
     return RecordedBatch(batch, batch_idx, torch.get_rng_state(), cuda)
 
 

@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 from torch.optim import Optimizer
 
 from .decide import (
+    D_BUFFERS,
     D_EMPTY_BATCH,
     D_GRAD_NAN,
     D_GRAD_OVERFLOW,
@@ -28,6 +29,7 @@ from .decide import (
     D_LOSS_NAN,
     D_PARAMS_AFTER,
     D_PARAMS_BEFORE,
+    D_STATE,
     SCALE_COLLAPSE_PREFIX,
 )
 from .keys import report_file
@@ -51,9 +53,13 @@ _ADVICE = {
     D_GRAD_OVERFLOW: "use bf16-mixed or 32-true (or 16-mixed with a GradScaler), lower the learning rate, "
     "keep gradient clipping on",
     D_GRAD_NAN: "look for 0/0, log(0) or sqrt of negatives in the model/loss; lower the learning rate",
+    D_STATE: "find what writes it outside the optimiser step (a buffer updated in a hook or a callback, state "
+    "loaded non-finite)",
+    D_BUFFERS: "inspect this batch's inputs (a batch of one row gives BatchNorm a 0/0 variance); the report names "
+    "the buffers",
 }
 # Diagnoses that a rollback can recover from: suggested only to runs not already rolling back.
-_ROLLBACK_HELPS = frozenset({D_PARAMS_BEFORE, D_PARAMS_AFTER})
+_ROLLBACK_HELPS = frozenset({D_PARAMS_BEFORE, D_PARAMS_AFTER, D_STATE})
 SPIKE_ADVICE = (
     "if jumps like this are expected in this run, raise spike_threshold or set on_spike=None; otherwise inspect "
     "the samples named (a corrupt or out-of-distribution record), lower the learning rate, keep gradient clipping on"
@@ -163,6 +169,10 @@ def trip_record(
         "nonfinite_param_count": len(bad_params),
         "largest_grad_norms": {name: v for v, name in largest},
         "flags_rank_count": context.get("flags", {}),
+        "nonfinite_buffers": context.get("nonfinite_buffers", []),
+        "nonfinite_attributes": context.get("nonfinite_attributes", []),
+        "nonfinite_state": context.get("nonfinite_state", []),
+        "label_check": context.get("label_check"),
         "rollback_to_step": rollback_to_step,
         "counters": counters,
         "provenance": provenance.as_dict() if provenance is not None else None,

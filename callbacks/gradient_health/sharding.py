@@ -34,6 +34,10 @@ def sharding_of(trainer: pl.Trainer) -> str | None:
     return None
 
 
+def is_dtensor(t: Tensor) -> bool:
+    return DTensor is not None and isinstance(t, DTensor)
+
+
 def local(t: Tensor) -> Tensor:
     """This rank's part of ``t``: the local shard of a DTensor, ``t`` itself otherwise."""
     return t.to_local() if DTensor is not None and isinstance(t, DTensor) else t

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -51,10 +52,14 @@ def floating_tensors(value: Any) -> list[Tensor]:
 
 def nonfinite_in_batch(batch: Any, batch_size: int | None) -> tuple[str, list[int] | None] | None:
     """(key, rows) of the first floating tensor of the batch holding a non-finite value; ``None`` if all finite."""
-    if isinstance(batch, Mapping):
-        items: Any = batch.items()
+    if isinstance(batch, Tensor):
+        items: Any = [("batch", batch)]
+    elif isinstance(batch, Mapping):
+        items = batch.items()
     elif isinstance(batch, (list, tuple)):
         items = enumerate(batch)
+    elif dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        items = [(f.name, getattr(batch, f.name, None)) for f in dataclasses.fields(batch)]
     else:
         items = vars(batch).items() if hasattr(batch, "__dict__") else [("batch", batch)]
     for key, value in items:

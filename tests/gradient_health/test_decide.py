@@ -94,7 +94,7 @@ def test_decide(
 
 def test_flags_round_trip_through_the_reduced_vector() -> None:
     """The all-reduced vector holds rank counts in FLAG_NAMES order; extra entries (the norms) are ignored."""
-    flags = dx.StepFlags.from_values([0.0, 2.0, 0.0, 1.0, 0.0, 0.0, 1.0, 123.4, 5.0])
+    flags = dx.StepFlags.from_values([0.0, 2.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 123.4, 5.0])
     assert flags == dx.StepFlags(loss_inf=2, grad_nan=1, params_nonfinite_after_prev_step=1)
     assert list(flags.as_dict()) == list(dx.FLAG_NAMES) and flags.grads_nonfinite
 

@@ -179,14 +179,15 @@ def test_two_weight_passes_per_healthy_step(monkeypatch: pytest.MonkeyPatch, tmp
     from callbacks.gradient_health import measure as gh
 
     passes: Counter[str] = Counter()
-    original = gh.per_tensor_norms
+    original = gh.norm_parts
 
-    def counting(tensors: Any, out_device: torch.device) -> Any:
-        kind = "weights" if tensors and isinstance(tensors[0], torch.nn.Parameter) else "grads"
-        passes[kind] += 1
-        return original(tensors, out_device)
+    def counting(tensors: Any, out_device: torch.device, *args: Any) -> Any:
+        present = [t for t in tensors if t is not None]
+        if present:
+            passes["weights" if isinstance(present[0], torch.nn.Parameter) else "grads"] += 1
+        return original(tensors, out_device, *args)
 
-    monkeypatch.setattr(gh, "per_tensor_norms", counting)
+    monkeypatch.setattr(gh, "norm_parts", counting)
     cb = GradientHealth()
     assert fit(make_trainer(tmp_path, cb), ToyLM(), lm_loader(MAX_STEPS)) is None
     assert passes == Counter({"grads": MAX_STEPS, "weights": 2 * MAX_STEPS})

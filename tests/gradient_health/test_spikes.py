@@ -204,8 +204,9 @@ def test_rollback_restores_the_last_snapshot(tmp_path: Path) -> None:
     model = Plain(scale_inputs_at=(SPIKE_STEP,))
     cb = GradientHealth(on_spike="rollback", label_key=None, report_dir=str(tmp_path))
     trainer(tmp_path, cb).fit(model, regression_loader(STEPS))
-    assert cb.summary["spike_rolled_back_steps"] == 1 and cb.trips[0]["rollback_to_step"] == SPIKE_STEP - 1
-    assert torch.equal(model.after[SPIKE_STEP], model.before[SPIKE_STEP - 1])
+    # the last good state: the spike step's own start (its weights were verified finite), the step before kept
+    assert cb.summary["spike_rolled_back_steps"] == 1 and cb.trips[0]["rollback_to_step"] == SPIKE_STEP
+    assert torch.equal(model.after[SPIKE_STEP], model.before[SPIKE_STEP])
 
 
 def test_warn_warns_and_steps(tmp_path: Path) -> None:
