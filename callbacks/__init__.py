@@ -1,5 +1,4 @@
 """Reusable Lightning callbacks (torch + lightning only)."""
 
-from .gradient_health import GradientHealth, GradientHealthConfigError, NonFiniteTrainingError, TrainingSpikeError, active_scaler
-
-__all__ = ["GradientHealth", "GradientHealthConfigError", "NonFiniteTrainingError", "TrainingSpikeError", "active_scaler"]
+from .gradient_health import *  # noqa: F403
+from .gradient_health import __all__  # noqa: F401

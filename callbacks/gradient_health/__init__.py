@@ -1,11 +1,26 @@
-"""GradientHealth, one module per step of the per-step pass: measure -> decide -> act -> report (+ replay).
+"""GradientHealth, the per-step pass in modules by role: measure -> decide -> act -> report (+ replay, provenance).
 
 Imports only the standard library, torch and lightning.
 """
 
+from .act import read_skip_list
 from .callback import GradientHealth
-from .errors import GradientHealthConfigError, NonFiniteTrainingError, TrainingSpikeError
-from .precision import active_scaler
+from .preflight import GradientHealthConfigError, NonFiniteTrainingError, TrainingSpikeError, active_scaler
+from .report import (
+    KEY_GRAD_NORM,
+    KEY_LOSS_SCALE,
+    KEY_MODULE_PREFIX,
+    KEY_ROLLED_BACK,
+    KEY_SCALER_SKIPPED,
+    KEY_SCHEDULER_HELD,
+    KEY_SKIPPED,
+    KEY_SPIKE_ROLLED_BACK,
+    KEY_SPIKE_SKIPPED,
+    KEY_SPIKES,
+    REPORT_FILE,
+    atomic_file,
+    fsync_directory,
+)
 
 __all__ = [
     "GradientHealth",
@@ -13,4 +28,18 @@ __all__ = [
     "NonFiniteTrainingError",
     "TrainingSpikeError",
     "active_scaler",
+    "read_skip_list",
+    "atomic_file",
+    "fsync_directory",
+    "KEY_GRAD_NORM",
+    "KEY_LOSS_SCALE",
+    "KEY_MODULE_PREFIX",
+    "KEY_ROLLED_BACK",
+    "KEY_SCALER_SKIPPED",
+    "KEY_SCHEDULER_HELD",
+    "KEY_SKIPPED",
+    "KEY_SPIKE_ROLLED_BACK",
+    "KEY_SPIKE_SKIPPED",
+    "KEY_SPIKES",
+    "REPORT_FILE",
 ]

@@ -5,22 +5,32 @@ Without a scaler the update has not happened yet at ``on_before_optimizer_step``
 ``step()`` anyway). Rollback restores the last good in-memory snapshot at ``on_train_batch_end``, which runs before
 ModelCheckpoint's; an optimiser outside ``torch.optim`` that may not honour ``grad=None`` gets its step undone
 there from a snapshot taken before it. Abort raises :class:`~.errors.NonFiniteTrainingError`.
+
+Hold the LR schedule on a step the GradScaler skipped (opt-in: ``hold_scheduler_on_scaler_skip=True``).
+
+The skip list: every sample a trip named (a skip, a rollback, a spike, an abort), kept so it stays out.
 """
 
 from __future__ import annotations
 
+import copy
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from .errors import NonFiniteTrainingError
-from .keys import KEY_SCHEDULER_HELD, KEY_SPIKE_ROLLED_BACK, KEY_SPIKE_SKIPPED, KEY_SPIKES
 from .measure import Trainable
+from .preflight import NonFiniteTrainingError
+from .provenance import Provenance
+from .report import KEY_SCHEDULER_HELD, KEY_SPIKE_ROLLED_BACK, KEY_SPIKE_SKIPPED, KEY_SPIKES, atomic_file
 from .snapshot import Snapshot, restore, take
 
 ACTIONS = ("abort", "skip", "rollback")
@@ -203,3 +213,109 @@ def optimizer_by_id(trainer: pl.Trainer, key: int) -> Optimizer | None:
 
 def is_torch_optimizer(optimizer: Optimizer) -> bool:
     return type(optimizer).__module__.startswith("torch.optim")
+
+
+class ScheduleHold:
+    """Scheduler and learning-rate state taken before a scaler-skipped step, restored at the end of its batch."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, dict[str, Any], list[Any]]] = []
+
+    def capture(self, trainer: pl.Trainer) -> bool:
+        """Before the optimiser step the scaler will skip: keep what Lightning's ``scheduler.step()`` will change.
+        ``True`` when there is a schedule to hold."""
+        self.pending.clear()
+        if not trainer.lightning_module.automatic_optimization:
+            return False  # under manual optimisation the module steps its schedulers itself
+        for config in trainer.lr_scheduler_configs:
+            if config.interval != "step" or config.reduce_on_plateau:
+                continue
+            scheduler = config.scheduler
+            groups = getattr(scheduler, "optimizer", None)
+            lrs = [_copy(group.get("lr")) for group in groups.param_groups] if groups is not None else []
+            self.pending.append((scheduler, copy.deepcopy(scheduler.state_dict()), lrs))
+        return bool(self.pending)
+
+    def release(self) -> None:
+        """Put every captured scheduler and learning rate back (after Lightning stepped them)."""
+        for scheduler, state, lrs in self.pending:
+            scheduler.load_state_dict(state)
+            optimizer = getattr(scheduler, "optimizer", None)
+            if optimizer is None:
+                continue
+            for group, lr in zip(optimizer.param_groups, lrs):
+                if isinstance(group.get("lr"), Tensor) and isinstance(lr, Tensor):
+                    group["lr"].copy_(lr)  # a tensor lr (capturable/fused optimisers) is updated in place
+                else:
+                    group["lr"] = lr
+        self.pending.clear()
+
+
+def _copy(value: Any) -> Any:
+    return value.detach().clone() if isinstance(value, Tensor) else value
+
+
+FILE_NAME = "skip_list.json"
+
+
+class SkipList:
+    """Samples named by trips, in the order they were named; one entry per sample id."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    @property
+    def ids(self) -> list[int]:
+        return [int(entry["id"]) for entry in self.entries]
+
+    def add(self, provenance: Provenance | None, step: int, cause: str, action: str) -> list[dict[str, Any]]:
+        """Add the samples ``provenance`` names (all ranks' under DDP); returns the entries that were new."""
+        named = _named(provenance)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, named)
+            named = [item for rank_items in gathered for item in rank_items]
+        known = set(self.ids)
+        new = []
+        for sample_id, record in named:
+            if sample_id not in known:
+                known.add(sample_id)
+                new.append({"id": sample_id, "step": step, "cause": cause, "action": action, "record": record})
+        self.entries += new
+        return new
+
+    def write(self, directory: str | os.PathLike[str]) -> Path:
+        """``skip_list.json`` in ``directory`` (written whole, then renamed: a reader never sees half a file)."""
+        path = Path(directory) / FILE_NAME
+        with atomic_file(path) as fh:
+            fh.write(json.dumps({"sample_ids": self.ids, "samples": self.entries}, indent=2) + "\n")
+        return path
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        return [dict(entry) for entry in self.entries]
+
+    def load_state_dict(self, entries: list[dict[str, Any]] | None) -> None:
+        self.entries = [dict(entry) for entry in entries or []]  # absent in older checkpoints: empty
+
+
+def read_skip_list(path: str | os.PathLike[str]) -> list[int]:
+    """The sample ids of a ``skip_list.json`` (or of a plain JSON list of ids)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    ids = data.get("sample_ids") if isinstance(data, dict) else data
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ValueError(f"{path}: expected {FILE_NAME} ({{'sample_ids': [int, ...], ...}}) or a JSON list of ints")
+    return ids
+
+
+def _named(provenance: Provenance | None) -> list[tuple[int, str | None]]:
+    """``(sample id, record)`` pairs a trip's provenance names (non-finite rows, else spike rows)."""
+    if provenance is None:
+        return []
+    samples = provenance.samples or {}
+    ids = samples.get("nonfinite_ids") or samples.get("spike_ids") or []
+    records = samples.get("records") or []
+    out = []
+    for k, sample_id in enumerate(ids):
+        if isinstance(sample_id, int) and not isinstance(sample_id, bool):
+            out.append((sample_id, records[k] if k < len(records) else None))
+    return out

@@ -27,20 +27,16 @@ from torch.optim import Optimizer
 from . import decide as dx
 from . import preflight as pf
 from . import report as rp
-from .act import ACTIONS, Counters, Recovery, abort, optimizer_by_id, spare_checkpoints
-from .errors import NonFiniteTrainingError, TrainingSpikeError, check_arguments
-from .interval import log_interval
+from .act import ACTIONS, Counters, Recovery, ScheduleHold, SkipList, abort, optimizer_by_id, spare_checkpoints
+from .distributed import gather_views, own_view, rank_clause, sharding_of
 from .measure import Measured, StepMeter, Trainable, named_norms, weights_nonfinite
+from .preflight import NonFiniteTrainingError, TrainingSpikeError, check_arguments
 from .provenance import Provenance
 from .public_state import PublicState
-from .ranks import gather_views, own_view, rank_clause
 from .replay import record, spike_samples, trace
-from .schedule_hold import ScheduleHold
-from .sharding import sharding_of
-from .skip_list import SkipList
+from .report import log_interval
 from .snapshot import StepStart, nonfinite_names, saved_tensors
-from .spike_guard import SpikeGuard
-from .spikes import MIN_HISTORY, THRESHOLD, WINDOW, is_spike_diagnosis
+from .spikes import MIN_HISTORY, THRESHOLD, WINDOW, SpikeGuard, is_spike_diagnosis
 
 log = logging.getLogger(__package__)
 
@@ -153,7 +149,7 @@ class GradientHealth(PublicState, Callback):
         self._scaler = dx.ScalerTracker()
         self._spikes = SpikeGuard(on_spike, spike_threshold, spike_window, spike_min_history)  # history checkpointed
         self._hold = ScheduleHold()
-        self._skip_list = SkipList()  # the samples trips named (skip_list.py)
+        self._skip_list = SkipList()  # the samples trips named (act.py)
         # run state
         self._meter = StepMeter()
         self._start = StepStart()  # buffers and carried attributes as they were before the step's forward

@@ -21,11 +21,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .decide import FLAG_NAMES, StepFlags
-from .interval import IntervalMax
-from .norms import Groups, groups_of, norm_parts, per_tensor_norms, total_norm
-from .precision import active_scaler, scale_tensor
-from .sharding import is_dtensor, plain_copies_of, summed_squares
-from .tensors import user_path
+from .distributed import plain_copies_of, summed_squares
+from .preflight import active_scaler, scale_tensor
+from .report import IntervalMax
+from .tensors import Groups, groups_of, is_dtensor, norm_parts, per_tensor_norms, total_norm, user_path
 
 NORM_HISTORY = 16  # grad norms of the steps just before a trip, kept for the report
 
@@ -368,16 +367,6 @@ def _host_flags(values: list[float], layout: _Parts, factors: list[float], fused
         float(after),
         float(not all(math.isfinite(v) for v in b)),
     ]
-
-
-def no_targets(labels: Any, ignore_index: int) -> Tensor | None:
-    """Device flag: no target differs from ``ignore_index`` (``None`` when there is nothing cheap to check)."""
-    if not isinstance(labels, Tensor):
-        try:
-            labels = torch.as_tensor(labels)
-        except (TypeError, ValueError, RuntimeError):
-            return None  # ragged python lists etc.
-    return torch.count_nonzero(labels != ignore_index) == 0  # stays on device: no sync
 
 
 def weights_nonfinite(params: list[Tensor]) -> Tensor:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .act import Counters
+    from .act import Counters, SkipList
     from .decide import ScalerTracker
-    from .skip_list import SkipList
 
 
 class PublicState:

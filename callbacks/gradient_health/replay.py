@@ -27,11 +27,10 @@ import torch
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from torch import Tensor, nn
 
-from .precision import active_scaler
-from .provenance import FINITE, IN_BATCH, LOSS, SPIKE, UNAVAILABLE, Provenance
-from .sharding import sharding_of, training_step_through
+from .distributed import sharding_of, training_step_through
+from .preflight import active_scaler
+from .provenance import FINITE, IN_BATCH, LOSS, SPIKE, UNAVAILABLE, Provenance, Tracer
 from .tensors import batch_size_of, dtype_name, find, id_list, nonfinite_in_batch, rows_text
-from .tracer import Tracer
 
 SAMPLES_IN_REPORT = 64
 SAMPLES_DESCRIBED = 10

@@ -30,6 +30,8 @@ Why these:
   ``rollback``), naming the fix.
 
 Nothing here touches tensors: the values come from the one host read the step already makes.
+
+The spike rule (:mod:`.spikes`, pure) wired to a run: its settings, its checkpointed history, the decision it hands to the trip machinery, and the samples of a spike.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from . import decide as dx
+from .preflight import GradientHealthConfigError, check_int
 
 METRICS: tuple[str, ...] = ("loss", "grad_norm")
 WINDOW = 128
@@ -173,3 +178,65 @@ def _median(values: Sequence[float]) -> float:
     n = len(ordered)
     mid = n // 2
     return ordered[mid] if n % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+class SpikeGuard:
+    """``on_spike`` and its rule's settings, the history of healthy steps and the spikes of the step in progress."""
+
+    def __init__(
+        self,
+        on_spike: str | None = None,
+        threshold: float = THRESHOLD,
+        window: int = WINDOW,
+        min_history: int = MIN_HISTORY,
+    ) -> None:
+        check_spike_arguments(on_spike, threshold, window, min_history)
+        self.on_spike = on_spike
+        self.threshold = float(threshold)
+        self.min_history = min_history
+        self.history = SpikeHistory(window)
+        self.last: list[Spike] = []
+
+    @property
+    def enabled(self) -> bool:
+        return self.on_spike is not None
+
+    def judge(self, values: dict[str, float | None]) -> dx.Decision | None:
+        """A trip decision for a spike step, ``None`` for a step without one (which joins the history)."""
+        if not self.enabled:
+            return None
+        self.last = self.history.check(values, threshold=self.threshold, min_history=self.min_history)
+        if not self.last:
+            return None
+        return dx.Decision(dx.Verdict.TRIP, "; ".join(spike.diagnosis() for spike in self.last))
+
+    def loss_limit(self) -> float | None:
+        """The loss value above which the step was a spike (to pick the samples that carried it), if the loss was."""
+        return next((s.limit for s in self.last if s.metric == "loss"), None)
+
+    def context(self) -> dict[str, Any]:
+        """What the trip report says about the spike: each metric's value, level, threshold value and sigma."""
+        return {
+            s.metric: {"value": s.value, "robust_level": s.level, "threshold_value": s.limit, "log_sigma": s.sigma,
+                       "spike_threshold": s.threshold, "history": s.history}
+            for s in self.last
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.history.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        self.history.load_state_dict(state)
+
+
+def check_spike_arguments(on_spike: Any, threshold: Any, window: Any, min_history: Any) -> None:
+    if on_spike not in ON_SPIKE:
+        raise GradientHealthConfigError(f"`on_spike` must be one of {ON_SPIKE}, got {on_spike!r}.")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) or threshold <= 0:
+        raise GradientHealthConfigError(f"`spike_threshold` must be a finite number > 0, got {threshold!r}.")
+    check_int("spike_window", window, minimum=2)
+    check_int("spike_min_history", min_history, minimum=2)
+    if min_history > window:
+        raise GradientHealthConfigError(
+            f"`spike_min_history` ({min_history}) must be <= `spike_window` ({window}): the history never gets that long."
+        )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from callbacks.gradient_health.distributed import carriers, own_view, rank_clause
 from callbacks.gradient_health.provenance import FINITE, FORWARD, Provenance
-from callbacks.gradient_health.ranks import carriers, own_view, rank_clause
 
 HIDDEN = Provenance(FORWARD, module="hidden", where="forward output", dtype="float32", inputs_finite=True)
 

@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import CSVLogger
 from callbacks import GradientHealth
 from callbacks.gradient_health import decide as dx
 from callbacks.gradient_health import report as rp
-from callbacks.gradient_health.keys import REPORT_FILE
+from callbacks.gradient_health.report import REPORT_FILE
 
 from ._harness import FAULT_STEP, MAX_STEPS, fit, make_trainer, read_report
 

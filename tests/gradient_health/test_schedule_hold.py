@@ -16,7 +16,7 @@ from _toy_models import fp16_scaler_plugin
 from lightning.pytorch.loggers import CSVLogger
 
 from callbacks import GradientHealth
-from callbacks.gradient_health.keys import KEY_SCALER_SKIPPED, KEY_SCHEDULER_HELD, KEY_SKIPPED, KEY_SPIKE_SKIPPED, KEY_SPIKES
+from callbacks.gradient_health.report import KEY_SCALER_SKIPPED, KEY_SCHEDULER_HELD, KEY_SKIPPED, KEY_SPIKE_SKIPPED, KEY_SPIKES
 
 from ._plain import Plain, regression_loader
 

@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from callbacks.gradient_health import sharding, tensors
+from callbacks.gradient_health import distributed as sharding
+from callbacks.gradient_health import tensors
 
 
 class FakeDTensor:

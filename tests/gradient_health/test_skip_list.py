@@ -12,7 +12,7 @@ import pytest
 from torch.utils.data import DataLoader, Dataset
 
 from callbacks import GradientHealth
-from callbacks.gradient_health.skip_list import read_skip_list
+from callbacks.gradient_health.act import read_skip_list
 
 from ._plain import Plain, Regression
 

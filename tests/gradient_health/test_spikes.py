@@ -15,7 +15,7 @@ import torch
 from callbacks import GradientHealth, NonFiniteTrainingError, TrainingSpikeError
 from callbacks.gradient_health import decide as dx
 from callbacks.gradient_health import spikes as sp
-from callbacks.gradient_health.errors import GradientHealthConfigError
+from callbacks.gradient_health.preflight import GradientHealthConfigError
 
 from ._plain import Plain, regression_loader
 
