@@ -5,7 +5,7 @@ exported adapter, the converted GGUF cache, predictions, the report figure). The
 temporary sibling in the same directory (same filesystem, so the rename is atomic; not the
 system temp directory, which may be another filesystem where a "move" is a copy), fsync what
 was written, ``os.replace`` it into place, then fsync the directory so the rename itself
-survives a power cut. ``callbacks/`` keeps its own small copy so it stays standalone.
+survives a power cut. ``atomic_file`` is the callback package's (``callbacks``), so there is one.
 """
 
 from __future__ import annotations
@@ -16,25 +16,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
 
+from callbacks import atomic_file, fsync_directory
 
-@contextlib.contextmanager
-def atomic_file(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
-    """Open a temporary sibling of ``path`` for writing; on a clean exit it replaces ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # KeyboardInterrupt/SystemExit too: never leave the temporary file behind
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
+__all__ = ["atomic_directory", "atomic_file", "fsync_directory"]
 
 
 @contextlib.contextmanager
@@ -71,17 +56,3 @@ def atomic_directory(path: str | Path, keep_existing: bool = False) -> Iterator[
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
-
-
-def fsync_directory(directory: str | Path) -> None:
-    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from callbacks.gradient_health.keys import KEY_GRAD_NORM
+from callbacks import KEY_GRAD_NORM
 from sft_lightning.budget import find_time_budget
 
 _SHOWN = (("train/loss", "loss {:.4f}"), ("lr", "lr {:.2e}"), ("train/tokens_per_s", "{:.0f} tokens/s"), (KEY_GRAD_NORM, "grad norm {:.2f}"))

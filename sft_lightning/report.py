@@ -25,7 +25,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from callbacks.gradient_health.keys import KEY_GRAD_NORM, KEY_ROLLED_BACK, KEY_SKIPPED  # noqa: E402
+from callbacks import KEY_GRAD_NORM, KEY_ROLLED_BACK, KEY_SKIPPED  # noqa: E402
 from sft_lightning.atomic import atomic_file  # noqa: E402
 from sft_lightning.run_files import (  # noqa: E402
     Mark,

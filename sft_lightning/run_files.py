@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from callbacks.gradient_health.keys import KEY_ROLLED_BACK, KEY_SKIPPED, REPORT_FILE
+from callbacks import KEY_ROLLED_BACK, KEY_SKIPPED, REPORT_FILE
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.csv"
