@@ -130,7 +130,8 @@ class StepMeter:
 
     def __init__(self) -> None:
         self.trainables: dict[int, Trainable] = {}
-        self._to_check: list[Tensor] = []  # the weights the updates of this batch write (checked at its end)
+        # the weights the updates of this batch write (checked at its end), aligned with their trainable's groups
+        self._to_check: list[tuple[list[Tensor | None], Trainable]] = []
         self.post: list[Tensor] = []  # their norms after the update (device; read with the next step's values)
         self.history: deque[tuple[int, float]] = deque(maxlen=NORM_HISTORY)
         self.interval = IntervalMax()
@@ -139,7 +140,7 @@ class StepMeter:
         self.local_flags: list[float] | None = None  # this rank's own flags of the last step (read at a trip)
         self.sharded = False  # FSDP/FSDP2: each rank's gradients are shards; the norm is over all ranks' shards
         self.loss_scale: float | None = None  # of the last measured step (logged)
-        self._weights: list[Tensor] = []
+        self._weights: tuple[list[Tensor | None], Trainable] | None = None
         self._const: tuple[Tensor, Tensor] | None = None  # the weights of the step just measured that had a gradient
         self._plain_copies = 1  # on how many ranks a plain (non-DTensor) tensor lives, when sharded
         self.reset()
@@ -243,7 +244,7 @@ class StepMeter:
             flags = _host_flags(values, layout, factors, fused)
             ranks = None
         self.reset()
-        self._weights = [w for w in weights if w is not None]
+        self._weights = (weights, trainable)
         g, p, b, raw_losses, _, (empty, scale) = layout.slices(values)
         if fused:
             g = [v / scale for v in g]  # fused optimisers unscale inside step(): do it here
@@ -328,14 +329,15 @@ class StepMeter:
     # ------------------------------------------------------------------ after the update
     def expect_update(self) -> None:
         """The update of the step just measured will be applied: its weights are checked once it has been."""
-        self._to_check.extend(self._weights)
+        if self._weights is not None:
+            self._to_check.append(self._weights)
 
     def check_updates(self) -> None:
         """Norms of the freshly updated weights: one fused pass, no sync (read with the next step's values)."""
-        if self._to_check:
-            parts, _ = norm_parts(self._to_check, self._to_check[0].device)
-            self.post.extend(parts)
-            self._to_check = []
+        for weights, trainable in self._to_check:
+            device = trainable.params[0].device if trainable.params else torch.device("cpu")
+            self.post.extend(norm_parts(weights, device, trainable.groups, trainable.plain)[0])
+        self._to_check = []
 
     def forget_updates(self) -> None:
         """The weights were put back (a rollback): what the last updates wrote is no longer there."""
