@@ -18,8 +18,10 @@ Conventions followed by every answer:
   * gallon, quart, pint, cup, fluid ounce, tablespoon, teaspoon are US
     customary liquid measures (pint's defaults); imperial/UK gallon only when
     the question says so (``imperial_gallon``).
-  * ton = US short ton (2000 lb, pint ``ton``); tonne / metric ton = 1000 kg
-    (``metric_ton``); long ton only when the question says "long ton".
+  * ton alone = metric tonne (1000 kg, ``metric_ton``), the project's default
+    reading (docs/data.md, "Conventions": every one of 20 people who wrote
+    "ton" alone meant 1000 kg); US short ton (2000 lb, pint ``ton``) only when
+    the question says "US ton" or "short ton"; long ton only when it says "long ton".
   * year = 365.25 days (pint ``year``), month = year/12 (pint ``month``),
     week = 7 days, decade = 10 years, century = 100 years.  pint's own
     ``decade`` is a logarithmic unit, so this script defines
@@ -94,16 +96,16 @@ MASS = [
     ("I weigh 11 stone, what's that in lbs", 11, "stone", "pound"),
     ("how many mg in 0.5 grams", 0.5, "gram", "milligram"),
     ("a tablet has 325 mg of aspirin, how many grams is that", 325, "milligram", "gram"),
-    ("how many tonnes is 3 tons", 3, "ton", "metric_ton"),
+    ("how many tonnes is 3 tons", 3, "metric_ton", "metric_ton"),
     ("convert 2.5 metric tons to pounds", 2.5, "metric_ton", "pound"),
-    ("4,000 lb to tons", 4000, "pound", "ton"),
+    ("4,000 lb to tons", 4000, "pound", "metric_ton"),
     ("How many kgs is 180 lbs?", 180, "pound", "kilogram"),
     ("The baby weighed 3.4 kg at birth. What is that in pounds?", 3.4, "kilogram", "pound"),
     ("how many oz in 2 lbs", 2, "pound", "ounce"),
     ("75 kg to stone", 75, "kilogram", "stone"),
     ("kg to lbs: 72 kg", 72, "kilogram", "pound"),
     ("10 tonnes in kg", 10, "metric_ton", "kilogram"),
-    ("How many pounds are in 1.5 tons?", 1.5, "ton", "pound"),
+    ("How many pounds are in 1.5 tons?", 1.5, "metric_ton", "pound"),
     ("250 grams of butter in ounces", 250, "gram", "ounce"),
     ("what's 1 long ton in kg", 1, "long_ton", "kilogram"),
     ("5 kg to oz", 5, "kilogram", "ounce"),

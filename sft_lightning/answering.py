@@ -33,11 +33,11 @@ from sft_lightning.models import ModelLoadError
 from sft_lightning.module import SFTModule
 from sft_lightning.precision import base_dtype_for, choose_precision, probe_cpu, slow_precision_warning
 from sft_lightning.predict import Prediction, make_predictions
-from sft_lightning.prompt import format_prompt
+from sft_lightning.prompt import encode_segments, prompt_segments
 from sft_lightning.records import DataError
 from sft_lightning.run_files import read_run_config
 from sft_lightning.tasks.base import Task
-from sft_lightning.tasks.from_flags import task_of_run_config
+from sft_lightning.tasks.from_flags import prompt_format_of_run_config, prompt_style, task_of_run_config
 
 _SOURCE_HINT = "an adapter directory (runs/<name>/version_N/adapter), a .ckpt file or a run directory (runs/<name>/version_N)"
 
@@ -116,6 +116,8 @@ def load_trained(
     module = SFTModule(**hparams)
     module.task = _run_task(source, checkpoint)
     module.configure_model()
+    data = _run_data(source, checkpoint)
+    module.prompt_style = prompt_style(module.task, prompt_format_of_run_config(data), module.tokenizer, hparams["model"])
     if checkpoint is not None:
         module.on_load_checkpoint(checkpoint)  # raises a clear error when the LoRA tensors do not match
         module.load_state_dict(checkpoint["state_dict"], strict=False)
@@ -164,31 +166,37 @@ def autocast_for(precision: str | None, device: str) -> Iterator[None]:
 def answer_questions(
     module: SFTModule, questions: Sequence[str], precision: str | None = None, batch_size: int = 16
 ) -> list[Prediction]:
-    """Greedy answers to ``questions``: the training prompt format, generation and parsing."""
+    """Greedy answers to ``questions``: the training prompt format (``module.prompt_style``), generation and reading."""
     tokenizer = module.tokenizer
     assert tokenizer is not None, "load_trained() builds the tokenizer"
     device = str(module.device)
     rows: list[Prediction] = []
     for start in range(0, len(questions), batch_size):
         chunk = list(questions[start : start + batch_size])
-        ids = tokenizer([format_prompt(q) for q in chunk], add_special_tokens=False)["input_ids"]
+        style = getattr(module, "prompt_style", "bare")
+        ids = [row for row, _ in encode_segments(tokenizer, [prompt_segments([("user", q)], style, tokenizer) for q in chunk])]
         for offset, row in enumerate(ids):
             _check_fits(module, len(row), start + offset, chunk[offset])
         prompt_ids, prompt_mask = left_pad(ids, tokenizer.pad_token_id)
         with torch.inference_mode(), autocast_for(precision, device):
-            texts = module.generate_texts(prompt_ids.to(device), prompt_mask.to(device))
+            texts, finished = module.generate_outputs(prompt_ids.to(device), prompt_mask.to(device))
         indices = range(start, start + len(chunk))
-        parsed = module.task_in_use().parse(texts).tolist()
-        rows += make_predictions(indices, chunk, texts, [None] * len(chunk), module.hparams.relative_tolerance, parsed)
+        tolerance = module.hparams.relative_tolerance
+        rows += make_predictions(indices, chunk, texts, [None] * len(chunk), tolerance, module.task_in_use(), finished)
     return rows
 
 
 def _run_task(source: TrainedSource, checkpoint: dict[str, Any] | None) -> Task:
     """The task the weights were trained for (its parse and generation hook): from the run's config, else the
     checkpoint's data-module settings, else the shipped task."""
+    return task_of_run_config(_run_data(source, checkpoint))
+
+
+def _run_data(source: TrainedSource, checkpoint: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The data settings the weights were trained with: the run's config, else the checkpoint's."""
     if source.run_dir is not None:
-        return task_of_run_config((read_run_config(source.run_dir) or {}).get("data"))
-    return task_of_run_config((checkpoint or {}).get("datamodule_hyper_parameters"))
+        return (read_run_config(source.run_dir) or {}).get("data")
+    return (checkpoint or {}).get("datamodule_hyper_parameters")
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """``sft-lightning ask "How many feet are in 3 m?" --adapter runs/<name>/version_N/adapter``
 
 Answers one question (or a few) from a trained adapter, a checkpoint or a run directory, and
-prints the parsed number next to the raw generated text, so a wrong answer shows whether the
+prints the answer read (a number, or a text for a task with free-text answers) next to the raw generated text, so a wrong answer shows whether the
 model got the format or the arithmetic wrong. Plain argparse: no Trainer, no config files.
 """
 
@@ -16,7 +16,7 @@ from typing import TextIO
 import torch
 
 from sft_lightning.answering import answer_precision, answer_questions, find_trained, load_trained, run_precision
-from sft_lightning.predict import Prediction
+from sft_lightning.predict import Prediction, show_read
 from sft_lightning.records import DataError
 
 
@@ -73,6 +73,6 @@ def print_answers(rows: Sequence[Prediction], stream: TextIO) -> None:
     """Question, parsed answer and raw output; blocks separated by a blank line."""
     blocks = []
     for row in rows:
-        answer = f"{row.parsed:.10g}" if row.parsed is not None else "none (no <answer>NUMBER</answer> in the output)"
+        answer = show_read(row.parsed) if row.parsed is not None else "none (no answer in the output: empty, unfinished or no number)"
         blocks.append(f"{'question':<9} {row.question}\n{'answer':<9} {answer}\n{'raw':<9} {row.output!r}")
     print("\n\n".join(blocks), file=stream, flush=True)

@@ -31,8 +31,9 @@ class Example:
     prompt_ids: tuple[int, ...]
     answer_ids: tuple[int, ...]
     question: str
-    answer: float
+    answer: float | str | None
     index: int = -1
+    prompt_labels: tuple[int, ...] | None = None  # labels of the prompt's positions (earlier assistant turns); None: all -100
 
     def __len__(self) -> int:
         return len(self.prompt_ids) + len(self.answer_ids)
@@ -59,18 +60,23 @@ class TrainCollator:
             input_ids[row, : len(ids)] = torch.tensor(ids)
             attention_mask[row, : len(ids)] = 1
             labels[row, len(ex.prompt_ids) : len(ids)] = torch.tensor(ex.answer_ids)
+            if ex.prompt_labels is not None:
+                labels[row, : len(ex.prompt_ids)] = torch.tensor(ex.prompt_labels, dtype=torch.long)
         sample_ids = torch.tensor([ex.index for ex in examples], dtype=torch.long)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "sample_ids": sample_ids}
 
 
 class EvalCollator(TrainCollator):
     """The training tensors (for ``val/loss``) plus left-padded prompts for generation, the
-    expected values and the questions (for sample logging)."""
+    expected values (``expected``: numbers, NaN for a text answer; ``answers``: as given) and the
+    questions (for sample logging)."""
 
     def __call__(self, examples: Sequence[Example]) -> dict[str, object]:
         batch: dict[str, object] = dict(super().__call__(examples))
         batch["prompt_ids"], batch["prompt_mask"] = left_pad([ex.prompt_ids for ex in examples], self.pad_token_id)
-        batch["expected"] = torch.tensor([ex.answer for ex in examples], dtype=torch.float64)
+        numbers = [ex.answer if isinstance(ex.answer, (int, float)) else float("nan") for ex in examples]
+        batch["expected"] = torch.tensor(numbers, dtype=torch.float64)
+        batch["answers"] = [ex.answer for ex in examples]
         batch["questions"] = [ex.question for ex in examples]
         return batch
 
@@ -82,7 +88,7 @@ class PromptExample:
     index: int
     prompt_ids: tuple[int, ...]
     question: str
-    expected: float | None
+    expected: float | str | None
 
 
 class PredictCollator:

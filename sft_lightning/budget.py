@@ -150,7 +150,7 @@ class TimeBudget(Callback):
             raise BudgetError(
                 f"the time budget of {self.budget_s / 60:g} min leaves no time to train: {self.used():.0f} s are used "
                 f"before the first step and the final validation needs ~{self.validation_reserve_s:.0f} s. "
-                "Fix: raise the budget (--trainer.callbacks ... TimeBudget minutes) or validate on fewer questions."
+                "Fix: raise --budget.minutes, or validate on fewer questions (a smaller --data.val_size or --data.val_fraction)."
             )
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:

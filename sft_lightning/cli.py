@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import math
 import signal
 import sys
 import warnings
@@ -34,6 +35,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sft_lightning.budget import TimeBudget, find_time_budget
 from sft_lightning.checkpoint_io import AtomicCheckpointIO, find_last_checkpoint, read_checkpoint
+from sft_lightning.config_paths import resolve_config_paths
 from sft_lightning.data import SFTDataModule
 from sft_lightning.errors import ConfigError
 from sft_lightning.interrupts import PromptStop, SigintAsSigterm
@@ -72,6 +74,7 @@ except ImportError:  # pragma: no cover
 class SFTLightningCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        resolve_config_paths(config)
         check_trainer_arguments(config.get("trainer") or {})
         if config.get("trainer") is not None:
             settle_precision(config["trainer"])
@@ -209,6 +212,10 @@ class SFTLightningCLI(LightningCLI):
         lines += _accuracy_lines(metrics, {name: len(records) for name, records in sets.items()}, generated)
         if "val/loss" in metrics:
             lines.append(f"{'val/loss':<16} {metrics['val/loss']:.4f}")
+            if not any(key.endswith("/accuracy") for key in metrics):  # ``text`` data: no answer to score
+                lines.append(f"{'perplexity':<16} {math.exp(min(metrics['val/loss'], 50.0)):.2f}   "
+                             "(text records have no prompt/answer split, so there is no accuracy: loss and perplexity only)")
+        lines += getattr(self.datamodule, "notes", [])
         if stage == "fit":
             lines += _left_out_lines(self.datamodule)
         budget = find_time_budget(trainer)
@@ -274,10 +281,17 @@ def _left_out_lines(datamodule: Any, shown: int = 5) -> list[str]:
 
 
 def _validate_if_owed(trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule | None) -> None:
-    """A fit resumed after its training had ended (interrupted in the final validation or the export) trains
-    no step (``TimeBudget``); its final validation still runs, here, so the summary has its accuracy."""
+    """Every fit ends with a validation of its last step, so the summary has its accuracy: a fit resumed after its
+    training had ended (``TimeBudget``: it trains no step), and one that ``max_steps``/``max_epochs`` ended between
+    two validations without a budget (``--budget.minutes null``)."""
+    if trainer.interrupted:
+        return
     budget = find_time_budget(trainer)
-    if budget is not None and budget.validation_pending and not trainer.interrupted:
+    if budget is not None:
+        owed = budget.validation_pending
+    else:
+        owed = trainer.global_step > 0 and getattr(model, "validated_at_step", trainer.global_step) != trainer.global_step
+    if owed:
         trainer.validate(model, datamodule=datamodule, verbose=False)
 
 

@@ -10,6 +10,7 @@ import contextlib
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -18,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, SequentialSampler
 from transformers import PreTrainedTokenizerBase
 
-from callbacks.gradient_health.skip_list import read_skip_list
+from callbacks import read_skip_list
 from sft_lightning.batching import (
     EvalCollator,
     Example,
@@ -28,14 +29,16 @@ from sft_lightning.batching import (
     ResumableDataLoader,
     TrainCollator,
 )
-from sft_lightning.errors import check
+from sft_lightning.config_paths import PROJECT_DIR
+from sft_lightning.errors import check, finite
 from sft_lightning.metrics import MAIN_VAL_SET
 from sft_lightning.models import EMBEDDED, load_tokenizer
-from sft_lightning.prompt import format_prompt
-from sft_lightning.records import DataError, QARecord, Question, load_questions, load_records, normalize_question
+from sft_lightning.prompt import PromptFormat, check_template_splits, encode_segments, example_segments, prompt_segments
+from sft_lightning.records import DataError, QARecord, Question, load_questions, load_records, normalize_question, show_answer
 from sft_lightning.tasks.base import Task
-from sft_lightning.tasks.from_flags import task_from_flags
+from sft_lightning.tasks.from_flags import prompt_style, task_from_flags
 from sft_lightning.tasks.unit_conversion import UNSEEN_VAL_SET
+from sft_lightning.tasks.unit_conversion.task import UnitConversion
 
 __all__ = ["UNSEEN_VAL_SET", "SFTDataModule"]  # UNSEEN_VAL_SET: importable from here as before
 
@@ -54,6 +57,8 @@ class SFTDataModule(L.LightningDataModule):
         val_file: same formats; None holds out the last ``val_size`` records of ``train_file``
             (or generates a disjoint validation set when using the generator).
         train_size / val_size: generator set sizes (``val_size`` also sets the hold-out size).
+        val_fraction: with ``train_file`` and no ``val_file``, hold out this share of its records (bounded to
+            1..500, drawn by ``seed``) instead of its last ``val_size``.
         unseen_val_size: questions in the generated ``val_unseen`` set, phrased only with templates and
             unit spellings held out of training (generator only; 0: none).
         answer_format: ``worked`` trains on generated answers written out as ``ft to m:
@@ -67,6 +72,9 @@ class SFTDataModule(L.LightningDataModule):
         families / units: restrict the generator (see ``tasks/unit_conversion/generator.py``).
         batch_size / eval_batch_size: training and validation batch sizes.
         max_length: longest prompt+answer in tokens; a longer record is an error, never cut.
+        prompt_format: ``chat`` trains and generates through the model's chat template (the loss on the
+            assistant's turns only), ``bare`` on the question between newlines; ``auto``: chat where the
+            tokenizer has a template, except for the unit-conversion task, which keeps bare (docs/learning.md).
         significant_digits: digits kept in written answers (relative precision, so 0.000123
             stays 0.000123).
         tokenizer / cache_dir: the model name whose tokenizer to use (linked from
@@ -85,6 +93,7 @@ class SFTDataModule(L.LightningDataModule):
         val_file: str | None = None,
         train_size: int = 2000,
         val_size: int = 200,
+        val_fraction: float | None = None,
         unseen_val_size: int = 0,
         answer_format: Literal["worked", "bare"] = "worked",
         extra_val_files: dict[str, str] | None = None,
@@ -95,6 +104,7 @@ class SFTDataModule(L.LightningDataModule):
         batch_size: int = 16,
         eval_batch_size: int = 64,
         max_length: int = 128,
+        prompt_format: Literal["auto", "chat", "bare"] = "auto",
         significant_digits: int = 4,
         num_workers: int = 0,
         tokenizer: str = EMBEDDED,
@@ -108,14 +118,20 @@ class SFTDataModule(L.LightningDataModule):
         check(max_length >= 2, "data.max_length", max_length, ">= 2 tokens", "use e.g. 128")
         check(1 <= significant_digits <= 15, "data.significant_digits", significant_digits, "in [1, 15]", "use 3 or 4")
         check(num_workers >= 0, "data.num_workers", num_workers, ">= 0")
+        check(val_fraction is None or (finite(val_fraction) and 0 < val_fraction < 1), "data.val_fraction", val_fraction,
+              "in (0, 1) (or null: hold out the last data.val_size records)", "use e.g. 0.1")
         self.save_hyperparameters()
-        flags = dict(train_file=train_file, val_file=val_file, train_size=train_size, val_size=val_size,
+        flags = dict(train_file=train_file, val_file=val_file, train_size=train_size, val_size=val_size, val_fraction=val_fraction,
                      unseen_val_size=unseen_val_size, answer_format=answer_format, families=families, units=units)
         self.task = task_from_flags(task, allow_conflicting_answers, **flags)
         data = self.task.load(seed, significant_digits)
         self.train_records, self.val_sets, self._resizable = data.train, data.val_sets, data.resizable
         self._first_index = data.first_index
+        self.notes = data.notes  # for the summary (e.g. how a validation set was held out)
         for name, path in (extra_val_files or {}).items():
+            if _shipped_unit_set(path) and not isinstance(self.task, UnitConversion):
+                rank_zero_info(f"data.extra_val_files.{name}: a unit-conversion set, left out: {type(self.task).__name__} is another task")
+                continue
             self.val_sets[_checked_set_name(name, self.val_sets)] = self._load(f"data.extra_val_files.{name}", path)
         if self._resizable:
             # decontaminate generated training data: a generated question that a validation set also asks (short
@@ -128,6 +144,8 @@ class SFTDataModule(L.LightningDataModule):
             with _about("data.predict_file"):
                 self.predict_questions = load_questions(predict_file)
         self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.prompt_style: PromptFormat = "bare"  # resolved with the tokenizer in setup
+        self._template_checked = False  # the chat template renders turns one after the other (checked once)
         self.train_examples: list[Example] = []
         self.val_examples: dict[str, list[Example]] = {}
         self.predict_examples: list[PromptExample] = []
@@ -176,34 +194,52 @@ class SFTDataModule(L.LightningDataModule):
             return
         if self.tokenizer is not None and self.train_examples:
             return
-        hp = self.hparams
-        if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(hp.tokenizer, hp.cache_dir)
+        self._load_tokenizer()
         self.train_examples = self._tokenize(self.train_records, "training set")
         self.val_examples = {
             name: self._tokenize(records, f"{name} set", self._first_index.get(name, 0)) for name, records in self.val_sets.items()
         }
 
+    def _load_tokenizer(self) -> None:
+        """The tokenizer, and the prompt style it resolves ``prompt_format`` to."""
+        hp = self.hparams
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(hp.tokenizer, hp.cache_dir)
+        self.prompt_style = prompt_style(self.task, hp.prompt_format, self.tokenizer, hp.tokenizer)
+
     def _tokenize(self, records: Sequence[QARecord], source: str, first_index: int = 0) -> list[Example]:
         """Tokenise all records in one batched call; reject any that would not fit ``max_length``."""
         assert self.tokenizer is not None
         hp = self.hparams
-        eos = self.tokenizer.eos_token_id
-        if eos is None:
+        if self.tokenizer.eos_token_id is None:
             raise DataError(f"tokenizer of '{hp.tokenizer}' has no EOS token, so answers could not end. Fix: use a model with one.")
-        prompts = self.tokenizer([format_prompt(r.question) for r in records], add_special_tokens=False)["input_ids"]
-        answers = self.tokenizer([self.task.target(r, hp.significant_digits) for r in records], add_special_tokens=False)["input_ids"]
+        segments = [self._segments(r) for r in records]
         examples = []
-        for index, (record, p_ids, a_ids) in enumerate(zip(records, prompts, answers)):
-            a_ids = [*a_ids, eos]
-            if len(p_ids) + len(a_ids) > hp.max_length:
+        for index, (record, (ids, trained)) in enumerate(zip(records, encode_segments(self.tokenizer, segments))):
+            n_answer = next((i for i, t in enumerate(reversed(trained)) if not t), len(trained))  # the final answer
+            # ``text`` data has no prompt: its first token stands in (no label could be on it: nothing precedes it)
+            n_prompt = max(len(ids) - n_answer, 1)
+            if len(ids) > hp.max_length:
                 raise DataError(
-                    f"{record.origin or f'{source}: record {first_index + index}'} needs {len(p_ids)} prompt + {len(a_ids)} answer tokens, more than "
+                    f"{record.origin or f'{source}: record {first_index + index}'} needs {n_prompt} prompt + {n_answer} answer tokens, more than "
                     f"data.max_length={hp.max_length}, so its answer would be truncated and nothing supervised. "
-                    f"Question starts: {record.question[:60]!r}. Fix: shorten the question or raise --data.max_length."
+                    f"Question starts: {(record.question or record.target or '')[:60]!r}. Fix: shorten the question or raise --data.max_length."
                 )
-            examples.append(Example(tuple(p_ids), tuple(a_ids), record.question, record.answer, first_index + index))
+            earlier_turns = n_answer < len(ids) and any(trained[:n_prompt])  # a conversation's earlier assistant turns
+            labels = tuple(i if t else -100 for i, t in zip(ids[:n_prompt], trained)) if earlier_turns else None
+            examples.append(Example(tuple(ids[:n_prompt]), tuple(ids[n_prompt:]), record.question, record.answer, first_index + index, labels))
         return examples
+
+    def _segments(self, record: QARecord) -> list[tuple[str, bool]]:
+        """The record as prompt and answer text (``sft_lightning.prompt``); ``text`` data is trained on whole."""
+        target = self.task.target(record, self.hparams.significant_digits)
+        if not record.question:
+            return [(target, True)]
+        turns = [*record.context, ("user", record.question)]
+        if self.prompt_style == "chat" and not self._template_checked:
+            check_template_splits(self.tokenizer, turns, target)
+            self._template_checked = True
+        return example_segments(turns, target, self.prompt_style, self.tokenizer)
 
     def describe_samples(self, sample_ids: Sequence[int] | Tensor) -> list[str]:
         """One line per training-set id (a batch's ``sample_ids``) naming the record, so a report of a bad
@@ -219,7 +255,8 @@ class SFTDataModule(L.LightningDataModule):
         if not 0 <= sample_id < len(records):
             return f"sample {sample_id}: not in the training set (it has {len(records)} records)"
         record = records[sample_id]
-        return f"{self.task.describe(sample_id, record)}: {_quoted(record.question)} -> {record.answer:.12g}"
+        answer = f"{record.answer:.12g}" if isinstance(record.answer, float) else show_answer(record.answer)
+        return f"{self.task.describe(sample_id, record)}: {_quoted(record.question or record.target or '')} -> {answer}"
 
     def left_out_ids(self) -> list[int]:
         """Training samples left out: ``skip_list``'s, then those the trainer's callbacks named (``GradientHealth``'s
@@ -272,10 +309,9 @@ class SFTDataModule(L.LightningDataModule):
             raise DataError("predict needs questions. Fix: pass --data.predict_file FILE (.txt, .json or .jsonl).")
         if self.predict_examples:
             return
-        if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(hp.tokenizer, hp.cache_dir)
-        prompts = self.tokenizer([format_prompt(q.question) for q in self.predict_questions], add_special_tokens=False)
-        for index, (question, ids) in enumerate(zip(self.predict_questions, prompts["input_ids"])):
+        self._load_tokenizer()
+        prompts = [prompt_segments([*q.context, ("user", q.question)], self.prompt_style, self.tokenizer) for q in self.predict_questions]
+        for index, (question, (ids, _)) in enumerate(zip(self.predict_questions, encode_segments(self.tokenizer, prompts))):
             if len(ids) >= hp.max_length:
                 raise DataError(
                     f"{hp.predict_file}: question {index} needs {len(ids)} prompt tokens, not less than "
@@ -310,6 +346,11 @@ def _without_questions_in(records: list[QARecord], sets: Iterable[list[QARecord]
     if len(kept) < len(records):
         rank_zero_info(f"generated training set: left out {len(records) - len(kept)} questions that a validation set asks too")
     return kept
+
+
+def _shipped_unit_set(path: str) -> bool:
+    """Whether ``path`` is the shipped hand-written unit-conversion set (``configs/embedded.yaml`` scores it)."""
+    return Path(path).expanduser().resolve() == (PROJECT_DIR / "data" / "handwritten.jsonl").resolve()
 
 
 def _read_skip_list(path: str) -> list[int]:

@@ -1,7 +1,9 @@
 """Answer parsing and the two validation metrics: accuracy and answer rate.
 
-An output counts as *answered* only if it contains ``<answer>NUMBER``: a model that rambles
-about numbers without the tag has not answered, which is why the untuned model scores ~0.
+A numeric answer counts as *answered* only if the task's parse finds a number (for the shipped task:
+``<answer>NUMBER``: a model that rambles about numbers without the tag has not answered, which is why
+the untuned model scores ~0). A text answer is answered when the output is non-empty and finished
+before the token limit, and correct when it equals the reference after ``normalize_answer``.
 States are sum-reduced counts, so the metrics are exact under DDP (no mean of means).
 """
 
@@ -41,6 +43,49 @@ def parse_answer(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+_FINAL_MARK = re.compile(r"####\s*(" + _NUMBER + r")")
+_ANY_NUMBER = re.compile(r"(?<![\w.])" + _NUMBER)
+
+
+def parse_final_number(text: str) -> float | None:
+    """The number a free-form answer gives: the ``<answer>`` tag's, else GSM8K's ``#### N``, else the last number."""
+    value = parse_answer(text)
+    if value is not None:
+        return value
+    marks = _FINAL_MARK.findall(text)
+    candidates = marks or _ANY_NUMBER.findall(text)
+    for candidate in reversed(candidates):
+        try:
+            number = float(candidate.replace(",", ""))
+        except ValueError:
+            continue
+        if math.isfinite(number):
+            return number
+    return None
+
+
+def normalize_answer(text: str) -> str:
+    """Text answers compare without case, surrounding whitespace or quotes, inner runs of spaces and final punctuation."""
+    text = " ".join(text.casefold().split())
+    return text.strip(" \"'`").rstrip(".!?;:,").strip(" \"'`")
+
+
+def text_scores(outputs: list[str], finished: list[bool], expected: list[str]) -> tuple[Tensor, Tensor]:
+    """``(correct, answered)`` of text answers: answered = non-empty and finished before the token limit;
+    correct = answered and equal to the reference after ``normalize_answer``."""
+    answered = [bool(out.strip()) and done for out, done in zip(outputs, finished)]
+    correct = [ok and normalize_answer(out) == normalize_answer(ref) for out, ok, ref in zip(outputs, answered, expected)]
+    return torch.tensor(correct, dtype=torch.bool), torch.tensor(answered, dtype=torch.bool)
+
+
+def numeric_scores(preds: Tensor, target: Tensor, relative_tolerance: float) -> tuple[Tensor, Tensor]:
+    """``(correct, answered)`` of numeric answers (NaN: none found): within ``relative_tolerance`` of the target."""
+    preds, target = _as_pair(preds, target)
+    answered = torch.isfinite(preds)
+    correct = answered & torch.isfinite(target) & ((preds - target).abs() <= relative_tolerance * target.abs())
+    return correct, answered
+
+
 def parse_answers(texts: list[str]) -> Tensor:
     """Parsed values as a float64 tensor, NaN where nothing parseable was found."""
     values = [parse_answer(t) for t in texts]
@@ -69,12 +114,12 @@ class AnswerAccuracy(Metric):
         self.add_state("correct", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        preds, target = _as_pair(preds, target)
-        ok = torch.isfinite(preds) & torch.isfinite(target)
-        close = (preds - target).abs() <= self.relative_tolerance * target.abs()
-        self.correct += (ok & close).sum()
-        self.total += target.numel()
+    def update(self, preds: Tensor | None, target: Tensor | None = None, correct: Tensor | None = None) -> None:
+        """Parsed numbers against ``target``; or, with ``correct`` given, rows already scored (text answers)."""
+        if correct is None:
+            correct, _ = numeric_scores(preds, target, self.relative_tolerance)
+        self.correct += correct.sum().to(self.correct.device)
+        self.total += correct.numel()
 
     def compute(self) -> Tensor:
         return _ratio(self.correct, self.total)
@@ -95,10 +140,12 @@ class AnswerRate(Metric):
         self.add_state("answered", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, preds: Tensor) -> None:
-        preds = torch.as_tensor(preds, dtype=torch.float64).flatten()
-        self.answered += torch.isfinite(preds).sum()
-        self.total += preds.numel()
+    def update(self, preds: Tensor | None, answered: Tensor | None = None) -> None:
+        """``preds``: parsed numbers (NaN: none); or, with ``answered`` given, that per row (``preds`` ignored)."""
+        if answered is None:
+            answered = torch.isfinite(torch.as_tensor(preds, dtype=torch.float64).flatten())
+        self.answered += answered.sum().to(self.answered.device)
+        self.total += answered.numel()
 
     def compute(self) -> Tensor:
         return _ratio(self.answered, self.total)
@@ -129,6 +176,11 @@ class AnswerMetrics(torch.nn.Module):
     def update(self, preds: Tensor, target: Tensor) -> None:
         self.accuracy.update(preds, target)
         self.answer_rate.update(preds)
+
+    def update_rows(self, correct: Tensor, answered: Tensor) -> None:
+        """Rows already scored (``numeric_scores``, ``text_scores``)."""
+        self.accuracy.update(None, correct=correct)
+        self.answer_rate.update(None, answered)
 
     def compute(self) -> dict[str, Tensor]:
         return {"accuracy": self.accuracy.compute(), "answer_rate": self.answer_rate.compute()}

@@ -40,6 +40,7 @@ from sft_lightning.optim import clip_fused, clip_sharded, full_weights, fused_ad
 from sft_lightning.precision import base_dtype_for
 from sft_lightning.predict import Prediction, make_predictions
 from sft_lightning.schedule import lr_factor
+from sft_lightning.scoring import finished_rows, score_outputs
 from sft_lightning.tasks.base import Task
 from sft_lightning.throughput import TokenThroughput
 from sft_lightning.val_samples import report_val_samples
@@ -143,6 +144,7 @@ class SFTModule(L.LightningModule):
         # one entry per validation set, created when the set is first met (sets come from the data)
         self.val_metrics = torch.nn.ModuleDict({MAIN_VAL_SET: AnswerMetrics(relative_tolerance)})
         self._samples: list[dict[str, Any]] = []
+        self.validated_at_step: int | None = None
         self.task: Task | None = None  # without a data module (``ask``): the run's task, set by ``load_trained``
         self._export_dir: Path | None = None
         self._window_mean = WindowTokenMean()
@@ -308,6 +310,7 @@ class SFTModule(L.LightningModule):
     @eager()
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         name = self._val_set_name(dataloader_idx)
+        answers = batch.get("answers") or batch["expected"].tolist()
         with self._generation_weights():  # one LoRA merge serves the loss forward and the generation
             if name == MAIN_VAL_SET:
                 # eager: dynamo guards on the grad mode, so a compiled training graph would be compiled again for
@@ -315,14 +318,16 @@ class SFTModule(L.LightningModule):
                 with eager():
                     loss_sum, n_tokens = chunked_loss_sum(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
                 self.val_loss.update(loss_sum / n_tokens, weight=n_tokens)
-            texts = self.generate_texts(batch["prompt_ids"], batch["prompt_mask"])  # (nested merge: a no-op)
-        preds = self.task_in_use().parse(texts)
+            if all(answer is None for answer in answers):
+                return  # ``text`` data: no question to answer, scored by its loss only
+            texts, finished = self.generate_outputs(batch["prompt_ids"], batch["prompt_mask"])  # (nested merge: a no-op)
+        scored = score_outputs(self.task_in_use(), texts, finished, answers, self.hparams.relative_tolerance)
         if name not in self.val_metrics:
             self.val_metrics[name] = AnswerMetrics(self.hparams.relative_tolerance).to(self.device)
-        self.val_metrics[name].update(preds, batch["expected"])
+        self.val_metrics[name].update_rows(scored.correct, scored.answered)
         if name == MAIN_VAL_SET and len(self._samples) < self.hparams.num_logged_samples:
-            for question, expected, text, pred in zip(batch["questions"], batch["expected"].tolist(), texts, preds.tolist()):
-                self._samples.append({"question": question, "expected": expected, "output": text, "parsed": pred})
+            for question, expected, text, read in zip(batch["questions"], answers, texts, scored.read):
+                self._samples.append({"question": question, "expected": expected, "output": text, "parsed": read})
 
     def _val_set_name(self, dataloader_idx: int) -> str:
         """The validation set a loader holds: named by the data module (``val_set_names``), else by position."""
@@ -343,17 +348,15 @@ class SFTModule(L.LightningModule):
         # since trainer.log_dir broadcasts from rank 0 under DDP
         log_dir = self.trainer.log_dir if self.trainer.loggers else None
         if not self.trainer.sanity_checking:
+            self.validated_at_step = self.global_step  # the CLI validates after fit where this is not the last step
             report_val_samples(self._samples[: self.hparams.num_logged_samples], self.global_step, log_dir)
         self._samples = []
 
     # --------------------------------------------------------------------------- predict
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:
-        """Answers for a batch of questions (``sft-lightning predict``), parsed like validation."""
-        texts = self.generate_texts(batch["prompt_ids"], batch["prompt_mask"])
-        parsed = self.task_in_use().parse(texts).tolist()
-        return make_predictions(
-            batch["indices"], batch["questions"], texts, batch["expected"], self.hparams.relative_tolerance, parsed
-        )
+        """Answers for a batch of questions (``sft-lightning predict``), read and scored like validation."""
+        texts, finished = self.generate_outputs(batch["prompt_ids"], batch["prompt_mask"])
+        return make_predictions(batch["indices"], batch["questions"], texts, batch["expected"], self.hparams.relative_tolerance, self.task_in_use(), finished)
 
     def estimate_validation_seconds(self, max_seconds: float | None = None) -> float | None:
         """Seconds the next validation of every set will take, planned to fit ``max_seconds`` (for ``TimeBudget``).
@@ -376,12 +379,14 @@ class SFTModule(L.LightningModule):
 
     def generate_texts(self, prompt_ids: Tensor, prompt_mask: Tensor) -> list[str]:
         """Greedy completions (special tokens stripped) for left-padded prompts."""
+        return self.generate_outputs(prompt_ids, prompt_mask)[0]
+
+    def generate_outputs(self, prompt_ids: Tensor, prompt_mask: Tensor) -> tuple[list[str], list[bool]]:
+        """``generate_texts``, and whether each row finished (EOS) before ``max_new_tokens``."""
         assert self.tokenizer is not None
         with eager(), self._generation_weights():
-            new_ids = greedy_generate(
-                self.model, prompt_ids, prompt_mask, self.hparams.max_new_tokens, self.tokenizer.eos_token_id, forced=self.completion_hook()
-            )
-        return self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+            new_ids = greedy_generate(self.model, prompt_ids, prompt_mask, self.hparams.max_new_tokens, eos := self.tokenizer.eos_token_id, forced=self.completion_hook())
+        return self.tokenizer.batch_decode(new_ids, skip_special_tokens=True), finished_rows(new_ids, eos)
 
     def task_in_use(self) -> Task:
         """The task whose answers are generated and parsed: the data module's (``data.task``), else the one

@@ -21,7 +21,10 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from sft_lightning.atomic import atomic_file
-from sft_lightning.metrics import AnswerAccuracy, parse_answer
+from sft_lightning.metrics import AnswerAccuracy
+from sft_lightning.records import show_answer
+from sft_lightning.scoring import score_outputs
+from sft_lightning.tasks.base import Task
 
 PREDICTIONS_FILE = "predictions.jsonl"
 TABLE_ROWS = 20  # rows printed; the file holds all of them
@@ -29,18 +32,18 @@ TABLE_ROWS = 20  # rows printed; the file holds all of them
 
 @dataclass  # not frozen: Lightning's apply_to_collection rebuilds predict_step outputs
 class Prediction:
-    """One answered question: a row of ``predictions.jsonl``."""
+    """One answered question: a row of ``predictions.jsonl``; ``parsed`` is the answer read (a number or a text)."""
 
     index: int
     question: str
     output: str
-    parsed: float | None
-    expected: float | None = None
+    parsed: float | str | None
+    expected: float | str | None = None
     correct: bool | None = None
 
 
 def answer_is_correct(parsed: float | None, expected: float, relative_tolerance: float) -> bool:
-    """The validation rule (``AnswerAccuracy``) for one answer, so both always agree."""
+    """The validation rule (``AnswerAccuracy``) for one numeric answer, so both always agree."""
     metric = AnswerAccuracy(relative_tolerance=relative_tolerance)
     metric.update(torch.tensor([math.nan if parsed is None else parsed]), torch.tensor([expected]))
     return bool(metric.compute() == 1.0)
@@ -50,20 +53,24 @@ def make_predictions(
     indices: Sequence[int],
     questions: Sequence[str],
     outputs: Sequence[str],
-    expected: Sequence[float | None],
+    expected: Sequence[float | str | None],
     relative_tolerance: float,
-    parsed_values: Sequence[float] | None = None,
+    task: Task | None = None,
+    finished: Sequence[bool] | None = None,
 ) -> list[Prediction]:
-    """Rows for one batch: the task's parse of every output (``parsed_values``, NaN for none; by default the
-    ``<answer>`` tag); scored when the file gave an answer."""
+    """Rows for one batch, read and scored as validation does (``scoring.score_outputs``; by default the
+    ``<answer>`` tag), scored where the file gave an answer."""
+    finished = [True] * len(outputs) if finished is None else finished
+    scored = score_outputs(task or Task(), list(outputs), finished, list(expected), relative_tolerance)
     rows = []
-    if parsed_values is None:
-        parsed_values = [math.nan if (v := parse_answer(t)) is None else v for t in outputs]
-    for index, question, text, target, value in zip(indices, questions, outputs, expected, parsed_values):
-        parsed = None if math.isnan(value) else float(value)
-        correct = None if target is None else answer_is_correct(parsed, target, relative_tolerance)
-        rows.append(Prediction(index, question, text, parsed, target, correct))
+    for index, question, text, target, read, ok in zip(indices, questions, outputs, expected, scored.read, scored.correct.tolist()):
+        rows.append(Prediction(index, question, text, read, target, None if target is None else bool(ok)))
     return rows
+
+
+def show_read(value: float | str | None) -> str:
+    """An answer read from an output, for a table: a number in short form, a text as it is."""
+    return "-" if value is None else (f"{value:.10g}" if isinstance(value, float) else value)
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -116,9 +123,8 @@ def print_predictions(rows: Sequence[Prediction], path: Path, stream: TextIO) ->
     """The first rows as a table, then counts (and accuracy when the file had answers)."""
     lines = [f"==== sft-lightning predict: {len(rows)} questions ====", f"{'#':>4}  {'answer':>12}  question -> output"]
     for row in rows[:TABLE_ROWS]:
-        answer = "-" if row.parsed is None else f"{row.parsed:.10g}"
-        mark = "" if row.correct is None else ("  ok" if row.correct else f"  (expected {row.expected:.6g})")
-        lines.append(f"{row.index:>4}  {answer:>12}  {_clip(row.question, 50)} -> {row.output!r}{mark}")
+        mark = "" if row.correct is None else ("  ok" if row.correct else f"  (expected {show_answer(row.expected)})")
+        lines.append(f"{row.index:>4}  {_clip(show_read(row.parsed), 12):>12}  {_clip(row.question, 50)} -> {row.output!r}{mark}")
     if len(rows) > TABLE_ROWS:
         lines.append(f"      ... {len(rows) - TABLE_ROWS} more in the file")
     answered = sum(row.parsed is not None for row in rows)

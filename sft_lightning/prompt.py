@@ -1,15 +1,24 @@
 """The one prompt/answer format, shared by training and generation so the two never drift.
 
-The prompt is the bare question between two newlines. SmolLM2's ChatML turn wrapper would add ~9
-tokens to every example, a large share of a short example's tokens, on a CPU budget that is
-better spent on more examples; the fine-tuned model learns this format instead. The answer always ends with the tokenizer's EOS (appended as an id by the data module), so
-generation stops by itself.
+Two styles (``data.prompt_format``): ``chat``, the model's own chat template, where its tokenizer has one;
+``bare``, the question between two newlines. The unit-conversion task keeps ``bare``: SmolLM2's ChatML turn
+wrapper would add ~9 tokens to every example, a large share of a short example's tokens, on a CPU budget that
+is better spent on more examples (docs/learning.md). Every answer ends with the tokenizer's EOS, so generation
+stops by itself. ``prompt_segments`` (generation) and ``example_segments`` (training) are the one function
+pair: the second is the first plus the answer, so a prompt is tokenised alike in both.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any, Literal
+
+from sft_lightning.records import DataError, Turn
+
+PromptFormat = Literal["chat", "bare"]
+Segment = tuple[str, bool]  # (text, trained on)
 
 ANSWER_OPEN = "<answer>"
 ANSWER_CLOSE = "</answer>"
@@ -54,3 +63,90 @@ def format_number(value: float, significant_digits: int = 4) -> str:
             text = text.rstrip("0").rstrip(".")
         return text
     return f"{rounded:.{significant_digits - 1}e}"
+
+
+def resolve_prompt_format(requested: str, tokenizer: Any, model: str) -> PromptFormat:
+    """``auto``: the chat template where the tokenizer has one, else bare; ``chat`` without a template is an error."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if requested == "chat" and not has_template:
+        raise DataError(
+            f"data.prompt_format chat: the tokenizer of '{model}' has no chat template. Fix: --data.prompt_format bare "
+            "(or auto), or a model with a template."
+        )
+    if requested == "bare" or not has_template:
+        return "bare"
+    return "chat"
+
+
+def prompt_segments(turns: Sequence[Turn], style: PromptFormat, tokenizer: Any = None) -> list[Segment]:
+    """What the model is given before its answer: ``turns`` (ending with the user's) and the assistant's start.
+    Earlier assistant turns are trained-on segments (their EOS is appended by ``encode_segments``)."""
+    if style == "bare":
+        return [(content, True) if role == "assistant" else (format_prompt(content), False) for role, content in turns]
+    segments: list[Segment] = []
+    done = ""
+    for index, (role, _) in enumerate(turns):
+        if role != "assistant":
+            continue
+        prefix = _render(tokenizer, turns[:index], True)
+        full = _render(tokenizer, turns[: index + 1], False)
+        body = full[len(prefix) :].rstrip()
+        segments += [(prefix[len(done) :], False), (body, True)]
+        done = prefix + body
+    prefix = _render(tokenizer, turns, True)
+    return [*segments, (prefix[len(done) :], False)]
+
+
+def example_segments(turns: Sequence[Turn], answer: str, style: PromptFormat, tokenizer: Any = None) -> list[Segment]:
+    """``prompt_segments`` plus the trained-on answer: what a training example is made of."""
+    segments = prompt_segments(turns, style, tokenizer)
+    if style == "bare":
+        return [*segments, (answer, True)]
+    prefix = _render(tokenizer, turns, True)
+    full = _render(tokenizer, [*turns, ("assistant", answer)], False)
+    return [*segments, (full[len(prefix) :].rstrip(), True)]
+
+
+def _render(tokenizer: Any, turns: Sequence[Turn], generation_prompt: bool) -> str:
+    """The chat template's text for ``turns``; a template that rewrites earlier turns cannot be split into turns."""
+    messages = [{"role": role, "content": content} for role, content in turns]
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except Exception as exc:  # jinja2's TemplateError, or the template's own raise_exception (e.g. no system role)
+        raise DataError(
+            f"the model's chat template refused a conversation with roles {[role for role, _ in turns]}: {exc}. "
+            "Fix: --data.prompt_format bare, or leave out what it refuses (a system message, two turns of one role)."
+        ) from None
+
+
+def encode_segments(tokenizer: Any, examples: Sequence[Sequence[Segment]]) -> list[tuple[list[int], list[bool]]]:
+    """Token ids and a trained-on flag per id for each example, in one batched tokenizer call. A trained-on
+    segment ends with EOS (appended where the template's turn end is another token), so generation stops."""
+    texts = [text for segments in examples for text, _ in segments]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    eos = tokenizer.eos_token_id
+    out, position = [], 0
+    for segments in examples:
+        tokens: list[int] = []
+        trained: list[bool] = []
+        for _, supervised in segments:
+            piece = list(ids[position])
+            position += 1
+            if supervised and (not piece or piece[-1] != eos):
+                piece.append(eos)
+            tokens += piece
+            trained += [supervised] * len(piece)
+        out.append((tokens, trained))
+    return out
+
+
+def check_template_splits(tokenizer: Any, turns: Sequence[Turn], answer: str) -> None:
+    """The chat template must render a conversation as its turns one after the other (so that the prompt of
+    generation is the prompt trained on); one that rewrites earlier turns is refused with the fix."""
+    text = "".join(segment for segment, _ in example_segments(turns, answer, "chat", tokenizer))
+    full = _render(tokenizer, [*turns, ("assistant", answer)], False)
+    if not full.startswith(text):
+        raise DataError(
+            "the model's chat template renders a conversation differently from its turns one by one (it rewrites "
+            "earlier turns), so the prompt trained on would not be the prompt generated from. Fix: --data.prompt_format bare."
+        )

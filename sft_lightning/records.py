@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import re
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -18,10 +20,18 @@ class DataError(ValueError):
     """Input data is unusable; the message names the file/record and what to do."""
 
 
+Turn = tuple[str, str]  # (role, content): "system", "user" or "assistant"
+
+
 @dataclass(frozen=True)
 class QARecord:
     """A question, the answer it is scored against, and optionally the exact text to train on
     (a worked answer); without one the target is the bare ``<answer>`` tag.
+
+    ``answer`` is a number (scored within a tolerance), a text (scored by normalised exact match) or
+    None (``text`` data: trained on, never scored; ``question`` is then empty). ``context`` holds
+    the turns of a conversation before the question (a system message, earlier user and assistant
+    turns: the assistant's are trained on too).
 
     ``origin`` says where a record read from a file is in it (``"data/train.jsonl line 17"``), so a
     report about a bad sample can send the user to it; None for generated records. It is left out
@@ -29,9 +39,10 @@ class QARecord:
     """
 
     question: str
-    answer: float
+    answer: float | str | None
     target: str | None = None
     origin: str | None = field(default=None, compare=False)
+    context: tuple[Turn, ...] = ()
 
 
 def normalize_question(text: str) -> str:
@@ -40,28 +51,22 @@ def normalize_question(text: str) -> str:
 
 
 def load_records(path: str | Path, allow_conflicts: bool = False) -> list[QARecord]:
-    """Records from a ``.json`` list of ``[question, answer]`` pairs or a ``.jsonl`` file of
-    ``{"question": ..., "answer": ...}`` objects (one per line).
+    """Records from a user's file: ``.json``, ``.jsonl``, ``.csv`` or ``.parquet``, in any format that
+    ``sft_lightning.data_formats`` detects from its columns (question/answer, TRL prompt/completion,
+    messages and text, Alpaca) or a ``.json`` list of ``[question, answer]`` pairs.
 
     Each record's ``origin`` names the file (the path as given, ``~`` expanded) and the place in it:
-    ``"PATH line N"`` for .jsonl (N 1-based, the line number an editor shows; blank lines count) and
-    ``"PATH item N"`` for .json (N 1-based: the N-th element of the list).
+    ``"PATH line N"`` for .jsonl (N 1-based, the line number an editor shows; blank lines count),
+    ``"PATH item N"`` for .json (N 1-based: the N-th element of the list) and ``"PATH row N"`` for a table.
 
     The same question twice with different answers is an error naming both records (a model
     cannot learn both, and one of them is a data bug); ``allow_conflicts`` turns it into a warning.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}. Fix: check the path (relative paths are from the current directory).")
-    text = read_text_file(path)
-    if path.suffix == ".jsonl":
-        located = list(_jsonl_records(text, path))
-    elif path.suffix == ".json":
-        located = list(_json_records(text, path))
-    else:
-        raise DataError(f"{path}: unknown data format '{path.suffix}'. Fix: use .json (list of [question, answer]) or .jsonl.")
+    from sft_lightning.data_files import read_located_records  # imports this module
+
+    located = read_located_records(path)
     if not located:
-        raise DataError(f"{path}: contains no records. Fix: add at least one question/answer pair.")
+        raise DataError(f"{Path(path).expanduser()}: contains no records. Fix: add at least one question/answer pair.")
     _check_conflicts(located, allow_conflicts)
     return [record for _, record in located]
 
@@ -76,15 +81,30 @@ def _check_conflicts(located: Sequence[tuple[str, QARecord]], allow: bool) -> No
             first[key] = (where, record)
             continue
         where0, record0 = first[key]
-        if math.isclose(record.answer, record0.answer, rel_tol=1e-6, abs_tol=1e-12):
+        if record.context != record0.context or not record.question or _same_answer(record.answer, record0.answer):
             continue
         message = (
             f"{where} asks the question of {where0.split(': ', 1)[-1]} again ({record.question[:60]!r}) but answers "
-            f"{record.answer:g} instead of {record0.answer:g}"
+            f"{show_answer(record.answer)} instead of {show_answer(record0.answer)}"
         )
         if not allow:
             raise DataError(f"{message}. Fix: keep one answer (or pass --data.allow_conflicting_answers true to train on both).")
         warnings.warn(f"{message}; training on both (data.allow_conflicting_answers)", stacklevel=3)
+
+
+def _same_answer(a: float | str | None, b: float | str | None) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)
+    return a == b
+
+
+def show_answer(answer: float | str | None, limit: int = 60) -> str:
+    """An answer for a message or a table: a number in short form, a text quoted (cut to ``limit``)."""
+    if answer is None:
+        return "-"
+    if isinstance(answer, float):
+        return f"{answer:.6g}"
+    return _short(answer, limit)
 
 
 def read_text_file(path: Path) -> str:
@@ -107,52 +127,39 @@ def read_text_file(path: Path) -> str:
         ) from None
 
 
-def _json_records(text: str, path: Path) -> Iterable[tuple[str, QARecord]]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}. Fix: correct the file there."
-        ) from None
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of [question, answer] pairs, got {type(data).__name__}.")
-    for index, item in enumerate(data):
-        where = f"{path}: record {index}"
-        if not (isinstance(item, (list, tuple)) and len(item) == 2):
-            raise DataError(f"{where} is not a [question, answer] pair: {_short(item)}. Fix: write it as [\"question\", number].")
-        yield where, replace(make_record(item[0], item[1], where), origin=f"{path} item {index + 1}")
-
-
-def _jsonl_records(text: str, path: Path) -> Iterable[tuple[str, QARecord]]:
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}: line {lineno}"
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}, column {exc.colno}: invalid JSON: {exc.msg}. Fix: one JSON object per line.") from None
-        if not isinstance(item, dict):
-            raise DataError(f"{where}: expected an object with 'question' and 'answer' fields, got {_short(item)}.")
-        missing = [key for key in ("question", "answer") if key not in item]
-        if missing:
-            raise DataError(
-                f"{where}: missing field {', '.join(repr(m) for m in missing)}. "
-                'Fix: each line needs {"question": ..., "answer": ...}.'
-            )
-        yield where, replace(make_record(item["question"], item["answer"], where), origin=f"{path} line {lineno}")
-
-
 def make_record(question: object, answer: object, where: str = "record") -> QARecord:
-    """A validated record: non-empty question, finite numeric answer (numbers or numeric strings)."""
+    """A validated record: a non-empty question and its reference (``reference``): a finite number, a
+    GSM8K-style worked answer (trained on as written, scored by its final ``#### N``) or a text."""
     if not isinstance(question, str) or not question.strip():
         raise DataError(f"{where}: question must be a non-empty string, got {_short(question)}.")
+    value, target = reference(answer, where)
+    return QARecord(question.strip(), value, target)
+
+
+_FINAL_ANSWER = re.compile(r"####\s*([-+]?[\d,]*\.?\d+(?:[eE][-+]?\d+)?)\s*$")
+
+
+def reference(answer: object, where: str = "record") -> tuple[float | str, str | None]:
+    """What an answer is scored against, and the text to train on (None: the bare ``<answer>`` tag).
+
+    A number or a numeric string is a number (trained on the tag, as the project's own files); a text ending
+    in ``#### N`` (GSM8K) is the number N, trained on as written; any other text is a text answer.
+    """
+    if isinstance(answer, str) and answer.strip():
+        text = answer.strip()
+        final = _FINAL_ANSWER.search(text)
+        if final is not None and (value := _to_number(final.group(1))) is not None:
+            return value, text
+        if _to_number(text) is None:
+            return text, text
     value = _to_number(answer)
     if value is None:
-        raise DataError(f"{where}: answer must be a number, got {_short(answer)}. Fix: correct or remove the record.")
+        raise DataError(
+            f"{where}: answer must be a number or a non-empty text, got {_short(answer)}. Fix: correct or remove the record."
+        )
     if not math.isfinite(value):
         raise DataError(f"{where}: answer must be finite, got {answer!r}. Fix: remove the record or correct its answer.")
-    return QARecord(question.strip(), value)
+    return value, None
 
 
 def _to_number(value: object) -> float | None:
@@ -178,9 +185,24 @@ def holdout_split(records: Sequence[QARecord], val_size: int) -> tuple[list[QARe
     if not 0 < val_size < len(records):
         raise DataError(
             f"cannot hold out {val_size} validation records from {len(records)}. "
-            "Fix: give --data.val_file, or a val_size smaller than the training file."
+            "Fix: give --data.val_file, a smaller --data.val_size, or a share with --data.val_fraction 0.1."
         )
     return list(records[:-val_size]), list(records[-val_size:])
+
+
+def holdout_fraction(
+    records: Sequence[QARecord], fraction: float, seed: int, bounds: tuple[int, int] = (1, 1000)
+) -> tuple[list[QARecord], list[int]]:
+    """``fraction`` of the records, at least ``bounds[0]`` and at most ``bounds[1]``, drawn by ``seed``: the
+    training records (in file order) and the indices of those held out (sorted)."""
+    if len(records) < 2:
+        raise DataError(
+            f"cannot hold out a validation share from {len(records)} record. Fix: add records or give --data.val_file."
+        )
+    size = min(max(round(fraction * len(records)), bounds[0]), bounds[1], len(records) - 1)
+    held = sorted(random.Random(seed).sample(range(len(records)), size))
+    chosen = set(held)
+    return [r for i, r in enumerate(records) if i not in chosen], held
 
 
 # ------------------------------------------------------------------------------ questions only
@@ -189,12 +211,13 @@ class Question:
     """A question to answer (``predict``); ``answer`` is the expected value when the file has one."""
 
     question: str
-    answer: float | None = None
+    answer: float | str | None = None
+    context: tuple[Turn, ...] = ()
 
 
 QUESTION_FORMATS = (
     ".txt (one question per line), .json (a list of questions, [question, answer] pairs or objects "
-    "with a 'question' field) or .jsonl (one such object per line)"
+    "with a 'question' field), .jsonl (one such object per line), or a training file in any format (.csv, .parquet too)"
 )
 
 
@@ -209,6 +232,14 @@ def load_questions(path: str | Path) -> list[Question]:
         raise DataError(
             f"questions file not found: {path}. Fix: check the path (relative paths are from the current directory)."
         )
+    if path.suffix in (".csv", ".parquet") or _is_training_file(path):
+        from sft_lightning.data_files import read_located_records  # imports this module
+
+        records = [record for _, record in read_located_records(path) if record.question]
+        questions = [Question(r.question, r.answer, r.context) for r in records]
+        if not questions:
+            raise DataError(f"{path}: contains no questions. Fix: add at least one question.")
+        return questions
     text = read_text_file(path)
     if path.suffix == ".txt":
         questions = [
@@ -232,6 +263,25 @@ def load_questions(path: str | Path) -> list[Question]:
     if not questions:
         raise DataError(f"{path}: contains no questions. Fix: add at least one question.")
     return questions
+
+
+def _is_training_file(path: Path) -> bool:
+    """A .json/.jsonl whose first record is an object of a training format without a 'question' field (prompt/completion,
+    messages, Alpaca): read as training records, its answers scored."""
+    if path.suffix not in (".json", ".jsonl"):
+        return False
+    text = read_text_file(path).lstrip()
+    try:
+        first = json.loads(text.splitlines()[0]) if path.suffix == ".jsonl" and text else json.loads(text or "null")
+    except json.JSONDecodeError:
+        return False
+    if isinstance(first, list) and first and path.suffix == ".json":
+        first = first[0]
+    if not isinstance(first, dict) or "question" in first:
+        return False
+    from sft_lightning.data_formats import FORMATS  # imports this module
+
+    return any(all(column in first for column in fmt.required) for fmt in FORMATS if fmt.name != "text")  # text: no question
 
 
 def _parse_json(text: str, where: str, one_line: bool = False) -> object:

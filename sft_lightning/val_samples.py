@@ -9,6 +9,8 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from sft_lightning.records import show_answer
+
 
 @rank_zero_only
 def report_val_samples(samples: list[dict[str, Any]], step: int, log_dir: str | None) -> None:
@@ -17,7 +19,7 @@ def report_val_samples(samples: list[dict[str, Any]], step: int, log_dir: str | 
     if not samples:
         return
     lines = [f"validation samples (step {step}):"]
-    lines += [f"  Q: {s['question']}\n     expected {s['expected']:.6g} | output {s['output']!r}" for s in samples]
+    lines += [f"  Q: {s['question']}\n     expected {show_answer(s['expected'])} | output {s['output']!r}" for s in samples]
     rank_zero_info("\n".join(lines))
     if log_dir:
         Path(log_dir).mkdir(parents=True, exist_ok=True)

@@ -134,7 +134,7 @@ def test_no_time_left_to_train_is_a_clear_error() -> None:
     clock, trainer = FakeClock(), fake_trainer()
     budget = TimeBudget(minutes=1, clock=clock)
     clock.now += 45
-    with pytest.raises(BudgetError, match=r"leaves no time to train: 45 s are used before the first step.*Fix: raise the budget"):
+    with pytest.raises(BudgetError, match=r"leaves no time to train: 45 s are used before the first step.*Fix: raise --budget.minutes"):
         budget.on_train_start(trainer, module_estimating(20.0))
 
 

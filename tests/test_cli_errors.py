@@ -188,10 +188,10 @@ def test_jsonl_record_without_answer_field(cli, tmp_path: Path) -> None:
     assert_data_error(result, tmp_path, f"{path}: line 2: missing field 'answer'")
 
 
-def test_non_numeric_answer(cli, tmp_path: Path) -> None:
-    path = write_json(tmp_path / "words.json", [["Convert 2 km to m.", 2000], ["Convert 3 km to m.", "three thousand"]])
+def test_answer_neither_number_nor_text(cli, tmp_path: Path) -> None:
+    path = write_json(tmp_path / "words.json", [["Convert 2 km to m.", 2000], ["Convert 3 km to m.", ["three thousand"]]])
     result = cli("--data.train_file", path)
-    assert_data_error(result, tmp_path, f"{path}: record 1: answer must be a number, got 'three thousand'")
+    assert_data_error(result, tmp_path, f"{path}: record 1: answer must be a number or a non-empty text, got ['three thousand']")
 
 
 @pytest.mark.parametrize(("literal", "shown"), [("NaN", "nan"), ("Infinity", "inf")])

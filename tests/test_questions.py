@@ -42,7 +42,7 @@ def test_jsonl_training_format_is_accepted(tmp_path: Path) -> None:
         ("q.json", "[]", "q.json: contains no questions"),
         ("q.json", '{"question": "q"}', "q.json: expected a JSON list of questions, got dict"),
         ("q.json", '["q1", 3]', "q.json: record 1: expected a question string"),
-        ("q.json", '[["q1", "many"]]', "q.json: record 0: answer must be a number, got 'many'"),
+        ("q.json", '[["q1", ["many"]]]', "q.json: record 0: answer must be a number or a non-empty text, got ['many']"),
         ("q.json", '[{"question": "  "}]', "q.json: record 0: question must be a non-empty string"),
         ("q.jsonl", '{"question": "q1"}\n{"question": "q2",\n', "q.jsonl: line 2, column 19: invalid JSON: Expecting property name"),
         ("q.jsonl", '{"text": "q1"}\n', "q.jsonl: line 1: expected a question string, a [question, answer] pair"),

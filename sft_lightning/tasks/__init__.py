@@ -1,7 +1,8 @@
 """Tasks: what is asked, what is trained on and how an answer is read (``base.py`` is the protocol).
 
 - ``UnitConversion`` (``unit_conversion/``): the shipped, generated task.
-- ``NumericFile`` (``numeric_file.py``): your own questions with numeric answers in a JSON/JSONL file.
+- ``OwnData`` (``own_data.py``): your own data in the formats it has (TRL, Alpaca, question/answer; JSON, JSONL,
+  CSV, Parquet); ``NumericFile`` is its older name.
 
 Select one in a config with ``data.task`` (``docs/tasks.md``). The names are imported on first use, so the
 question generator (``unit_conversion/generator.py``) still loads without torch.
@@ -16,6 +17,7 @@ _WHERE = {
     "Task": "sft_lightning.tasks.base",
     "TaskData": "sft_lightning.tasks.base",
     "NumericFile": "sft_lightning.tasks.numeric_file",
+    "OwnData": "sft_lightning.tasks.own_data",
     "UnitConversion": "sft_lightning.tasks.unit_conversion.task",
 }
 __all__ = sorted(_WHERE)

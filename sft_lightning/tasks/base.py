@@ -26,12 +26,14 @@ class TaskData:
     only their first N questions. Every other set (hand-written, a user's file) is always scored whole.
     ``first_index`` numbers a set's samples from that index on (default 0): a set held out of the training
     file's tail is numbered as in the file, after the training records.
+    A record's answer may be a number (scored within the tolerance) or a text (normalised exact match).
     """
 
     train: list[QARecord]
     val_sets: dict[str, list[QARecord]]
     resizable: list[str] = field(default_factory=list)
     first_index: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # lines for the run's summary (how a validation set was chosen)
 
     def __post_init__(self) -> None:
         if MAIN_VAL_SET not in self.val_sets:
@@ -43,12 +45,13 @@ class TaskData:
 
 
 class Task:
-    """A question/answer task whose answers are numbers. Subclass it and override ``load``; the rest has defaults.
+    """A question/answer task whose answers are numbers or texts. Subclass it and override ``load``; the rest has defaults.
 
     - ``load``: the records (read or generated, validated, so that bad input fails before any model loads).
     - ``target``: the text the model is trained to write after the prompt (EOS is appended for it): the
       record's own ``target`` when it has one (a worked answer), else ``<answer>NUMBER</answer>``.
-    - ``parse``: the numbers in generated texts, NaN where there is none (default: the ``<answer>`` tag).
+    - ``parse``: the numbers in generated texts, NaN where there is none (default: the ``<answer>`` tag);
+      ``parse_text``: the text answers, for records answered by a text (default: the output, stripped).
     - ``completion``: the generation hook. Given a row's text so far, the text to write for it at once (its end
       included), or None to let the model go on. Called only when ``model.calculator`` is on.
     - ``describe``: where a training record comes from, for reports of a bad step.
@@ -66,6 +69,13 @@ class Task:
     def parse(self, texts: list[str]) -> Tensor:
         """The number each text answers (float64, NaN for none)."""
         return parse_answers(texts)
+
+    def parse_text(self, texts: list[str]) -> list[str]:
+        """The text each output answers, for records whose answer is a text (scored by normalised exact match)."""
+        return [text.strip() for text in texts]
+
+    # Answers may be free text: an output with no number and no reference (``predict``, ``ask``) is shown as text.
+    free_text: bool = False
 
     # A cheap pre-check for ``completion``: when set, it is only called after a token whose text ends with this
     # (or with one of these).

@@ -1,6 +1,6 @@
 """The task that the older ``--data.*`` flags describe, so every config written before ``data.task`` still runs.
 
-``--data.train_file FILE`` is a ``NumericFile``; without a file the generator's flags (``train_size``,
+``--data.train_file FILE`` is an ``OwnData``; without a file the generator's flags (``train_size``,
 ``unseen_val_size``, ``answer_format``, ``families``, ``units``) are a ``UnitConversion``. With ``data.task``
 set they do not apply: a warning names each one that was set (a shipped config sets some, and a task is often
 given on top of one), and says to move it into the task's ``init_args``.
@@ -15,8 +15,9 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_warn
 
 from sft_lightning.errors import ConfigError
+from sft_lightning.prompt import PromptFormat, resolve_prompt_format
 from sft_lightning.tasks.base import Task
-from sft_lightning.tasks.numeric_file import NumericFile
+from sft_lightning.tasks.own_data import OwnData
 from sft_lightning.tasks.unit_conversion.task import UnitConversion
 
 # The data module's task flags and their defaults (a flag left at its default does not conflict with data.task).
@@ -25,6 +26,7 @@ TASK_FLAGS: dict[str, Any] = {
     "val_file": None,
     "train_size": 2000,
     "val_size": 200,
+    "val_fraction": None,
     "unseen_val_size": 0,
     "answer_format": "worked",
     "families": None,
@@ -44,7 +46,7 @@ def task_from_flags(task: Task | None, allow_conflicting_answers: bool, **flags:
             )
         return task
     if flags["train_file"] is not None:
-        return NumericFile(flags["train_file"], flags["val_file"], flags["val_size"], allow_conflicting_answers)
+        return OwnData(flags["train_file"], flags["val_file"], flags["val_size"], flags["val_fraction"], allow_conflicting_answers)
     generator = {name: flags[name] for name in ("train_size", "val_size", "unseen_val_size", "answer_format", "families", "units")}
     return UnitConversion(**generator, val_file=flags["val_file"])
 
@@ -70,3 +72,19 @@ def task_of_run_config(data: Mapping[str, Any] | None) -> Task:
         return task_class(**(spec.get("init_args") or {}))
     flags = {name: data.get(name, default) for name, default in TASK_FLAGS.items()}
     return task_from_flags(None, bool(data.get("allow_conflicting_answers", False)), **flags)
+
+
+def prompt_style(task: Task, requested: str, tokenizer: Any, model: str) -> PromptFormat:
+    """``data.prompt_format`` resolved for ``task`` and the model's tokenizer: ``auto`` keeps the bare prompt for the
+    unit-conversion task (the format its budget was measured with, docs/learning.md), else the chat template."""
+    if requested == "auto" and isinstance(task, UnitConversion):
+        requested = "bare"
+    return resolve_prompt_format(requested, tokenizer, model)
+
+
+def prompt_format_of_run_config(data: Mapping[str, Any] | None) -> str:
+    """``data.prompt_format`` of a run's saved ``config.yaml`` (runs written before it: ``auto``)."""
+    data = dict(data or {})
+    if isinstance(data.get("init_args"), dict):
+        data = data["init_args"]
+    return str(data.get("prompt_format") or "auto")

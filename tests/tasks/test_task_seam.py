@@ -14,7 +14,7 @@ import yaml
 
 from sft_lightning.data import SFTDataModule
 from sft_lightning.module import SFTModule
-from sft_lightning.tasks import NumericFile, Task, UnitConversion
+from sft_lightning.tasks import OwnData, Task, UnitConversion
 from sft_lightning.tasks.from_flags import task_of_run_config
 from tests.tasks.toy_task import Doubling, DoublingEquals
 from tests.test_cli import REPO, read_metrics, run_cli
@@ -86,7 +86,7 @@ def test_the_older_flags_build_the_same_tasks(tmp_path: Path) -> None:
     qa = tmp_path / "qa.jsonl"
     qa.write_text("".join(json.dumps({"question": f"q{i}", "answer": i}) + "\n" for i in range(10)))
     dm = SFTDataModule(train_file=str(qa), val_size=3)
-    assert isinstance(dm.task, NumericFile) and len(dm.train_records) == 7 and len(dm.val_records) == 3
+    assert isinstance(dm.task, OwnData) and len(dm.train_records) == 7 and len(dm.val_records) == 3
     assert dm.generated_val_sets == []  # a user's file is always scored whole
     assert task_of_run_config({"train_file": str(qa)}).train_file == str(qa)
     assert isinstance(task_of_run_config(None), UnitConversion)  # runs from before data.task

@@ -8,8 +8,8 @@ from the factor ("1 st = 0.000001 mg"), so generation hands the factor to the un
 hands the multiplication to the calculator: the factor (``worked.factor_text``, the one training
 writes), the product and the end of the answer are written for the model.
 
-Only a set-up that names two units of one multiplicative family that ``units.resolve_unit``
-knows is completed. Anything else (a unit the table lacks, a temperature, another format) is left
+Only a set-up that names two units of one multiplicative family that ``units.resolve_pair``
+reads (under the task's conventions, each unit beside the other, composed rates included) is completed. Anything else (a unit the table lacks, a temperature, another format) is left
 to the model, which writes its own factor as it was trained to, and ``model.calculator false``
 turns this off with the calculator.
 """
@@ -20,34 +20,36 @@ import re
 
 from sft_lightning.tasks.unit_conversion.calculator import TRIGGER, evaluate
 from sft_lightning.tasks.unit_conversion.calculator import completion as calculated
-from sft_lightning.tasks.unit_conversion.units import BY_KEY, UnknownUnitError, resolve_unit
+from sft_lightning.tasks.unit_conversion.conventions import DEFAULT, Conventions
+from sft_lightning.tasks.unit_conversion.units import UnknownUnitError, resolve_pair, unit
 from sft_lightning.tasks.unit_conversion.worked import factor_text
 
 _SET_UP = re.compile(r"\s*(?P<source>[^:;=]+?) to (?P<target>[^:;=]+?): (?P<quantity>[^:;=×]+)×")
 
 
-def units_of_set_up(text: str) -> tuple[str, str] | None:
-    """The canonical (source, target) keys a set-up such as ``ft to m: 6×`` names; None when it does not
-    name two known units of one multiplicative family."""
+def units_of_set_up(text: str, conventions: Conventions = DEFAULT) -> tuple[str, str] | None:
+    """The canonical (source, target) keys a set-up such as ``ft to m: 6×`` names, each unit read beside the
+    other (``G to MB`` is gigabyte to megabyte); None when it does not name two known units of one
+    multiplicative family."""
     match = _SET_UP.fullmatch(text)
     if match is None:
         return None
     try:
-        source, target = resolve_unit(match["source"].strip()), resolve_unit(match["target"].strip())
+        source, target = resolve_pair(match["source"].strip(), match["target"].strip(), conventions)
     except UnknownUnitError:
         return None
-    family = BY_KEY[source].family
-    if family != BY_KEY[target].family or family == "temperature":
+    family = unit(source).family
+    if family != unit(target).family or family == "temperature":
         return None
     if evaluate(match["quantity"]) is None:
         return None
     return source, target
 
 
-def completion(text: str) -> str | None:
+def completion(text: str, conventions: Conventions = DEFAULT) -> str | None:
     """What to write after a set-up ``ft to m: 6×``: the factor and the calculator's product,
     ``"0.305=<answer>1.83</answer>"``; None when the model should go on by itself."""
-    units = units_of_set_up(text)
+    units = units_of_set_up(text, conventions)
     if units is None:
         return None
     written = factor_text(*units) + TRIGGER

@@ -1,13 +1,17 @@
 """Deterministic unit-conversion question generator.
 
-Units, spellings and conversion factors live in ``sft_lightning.tasks.unit_conversion.units`` (pint is the source of
-truth), phrasings in ``sft_lightning.tasks.unit_conversion.phrasings``, worked answers in ``sft_lightning.tasks.unit_conversion.worked``; this
-module draws questions from them:
+Units and spellings live in ``table.py``, how they are read in ``units.py`` and ``conventions.py`` (pint is the
+source of truth for factors), the pairs asked in ``pairs.py``, phrasings in ``phrasings.py``, worked answers in
+``worked.py`` (all in ``sft_lightning.tasks.unit_conversion``); this module draws questions from them:
 
 * a unit pair weighted by how often people ask about its units (``Unit.tier``), through its
   family (drawn in proportion to its pairs' weight, at least ``_MIN_FAMILY_SHARE``), then an
   everyday quantity for that pair (resampled until the answer is readable), a template and the
   spellings;
+* words read as the task's ``Conventions`` say (``ton`` is a tonne by default), and sometimes a unit
+  written as only its neighbour makes clear (``2 G in MB``, ``6 quarts in ounces``; ``_BESIDE_SHARE``);
+* speeds composed of a length and a time (``in/s``, ``cm/min``: ``rates.py``) besides the table's,
+  in ``_RATE_SHARE`` of the speed family's weight;
 * three disjoint sets: ``train``, ``val`` (validation questions phrased like training) and
   ``val_unseen`` (held-out templates and held-out spellings only). Each (quantity, source,
   target) triple belongs to training or validation by a stable hash (about 20% validation),
@@ -26,26 +30,28 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from sft_lightning.records import normalize_question
+from sft_lightning.tasks.unit_conversion.conventions import DEFAULT, Conventions
+from sft_lightning.tasks.unit_conversion.pairs import Pair, allowed_pairs, select_units, with_rates
 from sft_lightning.tasks.unit_conversion.phrasings import HELDOUT, TRAIN, Template, casual, format_quantity, pick_spelling, say_quantity
 from sft_lightning.tasks.unit_conversion.units import (
     FAMILIES,
-    UNITS,
     Unit,
     UnknownFamilyError,
     UnknownUnitError,
     accepted_spellings,
-    check_family,
     convert,
+    convert_keys,
     family_of,
-    pair_factor,
     resolve_unit,
     units_of,
 )
 from sft_lightning.tasks.unit_conversion.worked import working
 
 __all__ = [
+    "DEFAULT",
     "FAMILIES",
     "TEMPLATES",
+    "Conventions",
     "ConversionQuestion",
     "Splits",
     "Template",
@@ -68,18 +74,15 @@ TEMPLATES: tuple[Template, ...] = TRAIN
 # The temperature family is exempt (0 and negative values are legitimate).
 MIN_ABS_ANSWER: float = 1e-3
 MAX_ABS_ANSWER: float = 1e9
-# Unit pairs whose factor lies outside this range are never asked (e.g. um -> mi), because almost
-# no everyday quantity gives a readable answer.
-_MIN_PAIR_FACTOR: float = 1e-6
-_MAX_PAIR_FACTOR: float = 1e9
 # Share of (quantity, source, target) triples reserved for validation, by a stable hash.
 _VALIDATION_FRACTION: float = 0.2
-# Pair weight = product of its units' tier weights: everyday units are asked about most.
-_TIER_WEIGHT = {1: 1.0, 2: 0.5, 3: 0.15}
 # A family is drawn in proportion to its pairs' total weight, so that every pair of the same
 # weight is seen about as often (volume has 206 pairs, speed 20), but never less often than
 # this: temperature has only 6 pairs, and its two-step arithmetic still needs practice.
 _MIN_FAMILY_SHARE = 0.06
+# Share of the questions of a pair with a unit people write as only its neighbour makes clear
+# ("2 G in MB", "6 quarts in ounces") that write it so (never both units).
+_BESIDE_SHARE = 0.35
 
 
 @dataclass(frozen=True)
@@ -179,65 +182,9 @@ def _answer_in_range(family: str, answer: float) -> bool:
 # --------------------------------------------------------------------------- selection
 
 
-@dataclass(frozen=True)
-class _Pair:
-    """An allowed (source, target) pair, its unit factor (None for offset units) and sampling weight."""
-
-    src: Unit
-    dst: Unit
-    factor: float | None
-    weight: float
 
 
-def select_units(families: Sequence[str] | None, units: Mapping[str, Sequence[str]] | None) -> dict[str, list[Unit]]:
-    """Validate families/units up front and return the units to use per family (FAMILIES order)."""
-    if isinstance(families, str):
-        families = (families,)
-    requested = list(FAMILIES) if families is None else list(families)
-    if not requested:
-        raise ValueError(f"families must not be empty; choose from: {', '.join(FAMILIES)}")
-    for fam in requested:
-        check_family(fam)
-    restriction: dict[str, list[str]] = {}
-    for fam, names in (units or {}).items():
-        check_family(fam)
-        if isinstance(names, str):
-            names = (names,)
-        restriction[fam] = list(dict.fromkeys(resolve_unit(name, family=fam) for name in names))
-    return {
-        fam: [u for u in UNITS if u.family == fam and (fam not in restriction or u.key in restriction[fam])]
-        for fam in FAMILIES
-        if fam in requested
-    }
-
-
-def _allowed_pairs(selected: Mapping[str, Sequence[Unit]]) -> dict[str, list[_Pair]]:
-    """Unit pairs per family whose factor keeps answers readable; error if a family has none."""
-    pairs: dict[str, list[_Pair]] = {}
-    for fam, fam_units in selected.items():
-        fam_pairs: list[_Pair] = []
-        for src in fam_units:
-            for dst in fam_units:
-                if src is dst:
-                    continue
-                weight = _TIER_WEIGHT[src.tier] * _TIER_WEIGHT[dst.tier]
-                if fam == "temperature":
-                    fam_pairs.append(_Pair(src, dst, None, weight))
-                    continue
-                factor = pair_factor(src.key, dst.key)
-                if _MIN_PAIR_FACTOR <= factor <= _MAX_PAIR_FACTOR:
-                    fam_pairs.append(_Pair(src, dst, factor, weight))
-        if not fam_pairs:
-            names = ", ".join(u.key for u in fam_units) or "(none)"
-            raise ValueError(
-                f"family {fam!r} has no usable unit pair with units [{names}]: need at least two units "
-                f"whose conversion factor lies within [{_MIN_PAIR_FACTOR:g}, {_MAX_PAIR_FACTOR:g}]"
-            )
-        pairs[fam] = fam_pairs
-    return pairs
-
-
-def _pair_capacity(pair: _Pair) -> int:
+def _pair_capacity(pair: Pair) -> int:
     """How many distinct quantities give an in-range answer for this pair (a lower bound for temperature)."""
     if pair.factor is None:
         return 1000
@@ -253,6 +200,16 @@ def _is_validation_triple(quantity: float, src: str, dst: str) -> bool:
 
 
 # --------------------------------------------------------------------------- drawing
+
+
+def _spelled(rng: random.Random, pair: Pair) -> tuple[Unit, Unit]:
+    """The two units as the question will spell them: sometimes one (never both) as only its neighbour
+    makes clear ("2 G in MB")."""
+    sides = [side for side, view in (("src", pair.src_beside), ("dst", pair.dst_beside)) if view is not None]
+    if not sides or rng.random() >= _BESIDE_SHARE:
+        return pair.src, pair.dst
+    side = rng.choice(sides)
+    return (pair.src_beside or pair.src, pair.dst) if side == "src" else (pair.src, pair.dst_beside or pair.dst)
 
 
 def _render(rng: random.Random, template: Template, quantity: float, src: Unit, dst: Unit, heldout: bool) -> str:
@@ -273,7 +230,9 @@ def _render(rng: random.Random, template: Template, quantity: float, src: Unit, 
     return casual(rng, text, first_is_word=not template.text.startswith("{"))
 
 
-def _question_stream(rng: random.Random, pairs: Mapping[str, Sequence[_Pair]], heldout: bool) -> Iterator[ConversionQuestion]:
+def _question_stream(
+    rng: random.Random, pairs: Mapping[str, Sequence[Pair]], heldout: bool, conventions: Conventions = DEFAULT
+) -> Iterator[ConversionQuestion]:
     """Endless stream: family by its share, pair by weight, readable quantity, a template of the right set."""
     family_names = list(pairs)
     weights = {fam: [p.weight for p in fam_pairs] for fam, fam_pairs in pairs.items()}
@@ -287,14 +246,15 @@ def _question_stream(rng: random.Random, pairs: Mapping[str, Sequence[_Pair]], h
                 quantity = _sample_temperature(rng, pair.src.key)
             else:
                 quantity = _sample_quantity(rng)
-            answer = convert(quantity, pair.src.key, pair.dst.key)
+            answer = convert_keys(quantity, pair.src.key, pair.dst.key)
             if _answer_in_range(fam, answer):
                 break
         else:
             continue
-        text, value = working(quantity, pair.src.key, pair.dst.key)
+        text, value = working(quantity, pair.src.key, pair.dst.key, conventions)
+        template = rng.choice(templates[fam])
         yield ConversionQuestion(
-            question=_render(rng, rng.choice(templates[fam]), quantity, pair.src, pair.dst, heldout),
+            question=_render(rng, template, quantity, *_spelled(rng, pair), heldout),
             answer=answer,
             family=fam,
             quantity=quantity,
@@ -315,11 +275,14 @@ def _family_shares(totals: Mapping[str, float]) -> list[float]:
     return [floor if fam in low else share * scale for fam, share in shares.items()]
 
 
-def _prepare(n: int, families: Sequence[str] | None, units: Mapping[str, Sequence[str]] | None) -> dict[str, list[_Pair]]:
+def _prepare(
+    n: int, families: Sequence[str] | None, units: Mapping[str, Sequence[str]] | None, conventions: Conventions = DEFAULT
+) -> dict[str, list[Pair]]:
     """Validate everything and check capacity before any question is drawn."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"number of questions must be a non-negative int, got {n!r}")
-    pairs = _allowed_pairs(select_units(families, units))
+    selected = select_units(families, units, conventions)
+    pairs = allowed_pairs(selected, conventions, add_rates=with_rates(selected, units))
     capacity = sum(_pair_capacity(p) for fam_pairs in pairs.values() for p in fam_pairs)
     if n > capacity:
         raise ValueError(
@@ -356,11 +319,15 @@ class _Collector:
 
 
 def generate_questions(
-    n: int, seed: int, families: Sequence[str] | None = None, units: Mapping[str, Sequence[str]] | None = None
+    n: int,
+    seed: int,
+    families: Sequence[str] | None = None,
+    units: Mapping[str, Sequence[str]] | None = None,
+    conventions: Conventions = DEFAULT,
 ) -> list[ConversionQuestion]:
     """``n`` unique questions (distinct text and distinct (quantity, src, dst)), deterministic in ``seed``."""
-    pairs = _prepare(n, families, units)
-    stream = _question_stream(random.Random(seed), pairs, heldout=False)
+    pairs = _prepare(n, families, units, conventions)
+    stream = _question_stream(random.Random(seed), pairs, heldout=False, conventions=conventions)
     seen = _Collector()
     out: list[ConversionQuestion] = []
     for _ in range(_max_draws(n)):
@@ -381,6 +348,7 @@ def generate_splits(
     families: Sequence[str] | None = None,
     units: Mapping[str, Sequence[str]] | None = None,
     n_unseen: int = 0,
+    conventions: Conventions = DEFAULT,
 ) -> Splits:
     """Training, validation and unseen-phrasing validation sets, pairwise disjoint by text and by triple.
 
@@ -392,12 +360,12 @@ def generate_splits(
     for name, value in (("n_train", n_train), ("n_val", n_val), ("n_unseen", n_unseen)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    pairs = _prepare(n_train + n_val + n_unseen, families, units)
+    pairs = _prepare(n_train + n_val + n_unseen, families, units, conventions)
     rng = random.Random(seed)
     seen = _Collector()
     train: list[ConversionQuestion] = []
     val: list[ConversionQuestion] = []
-    stream = _question_stream(rng, pairs, heldout=False)
+    stream = _question_stream(rng, pairs, heldout=False, conventions=conventions)
     # Validation triples are ~20% of draws, so allow proportionally more draws for them.
     budget = _max_draws(n_train) + _max_draws(n_val) * int(1 / _VALIDATION_FRACTION)
     for _ in range(budget):
@@ -409,7 +377,7 @@ def generate_splits(
         if len(target) < limit and seen.take(q, unique_triple=validation):
             target.append(q)
     unseen: list[ConversionQuestion] = []
-    unseen_stream = _question_stream(random.Random(f"{seed}-unseen"), pairs, heldout=True)
+    unseen_stream = _question_stream(random.Random(f"{seed}-unseen"), pairs, heldout=True, conventions=conventions)
     for _ in range(_max_draws(n_unseen) * int(1 / _VALIDATION_FRACTION)):
         if len(unseen) >= n_unseen:
             break

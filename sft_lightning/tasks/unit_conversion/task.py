@@ -3,14 +3,14 @@
     data:
       task:
         class_path: sft_lightning.tasks.UnitConversion
-        init_args: {train_size: 40000, val_size: 300, unseen_val_size: 200}
+        init_args: {train_size: 40000, val_size: 300, unseen_val_size: 200, conventions: {ton: metric}}
 
 The older flags (``--data.train_size``, ``--data.unseen_val_size``, ``--data.families``, ...) build the same task.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from sft_lightning.errors import check
@@ -19,6 +19,7 @@ from sft_lightning.prompt import format_answer
 from sft_lightning.records import DataError, QARecord, load_records
 from sft_lightning.tasks.base import Task, TaskData
 from sft_lightning.tasks.unit_conversion import UNSEEN_VAL_SET, calculator, factor_lookup
+from sft_lightning.tasks.unit_conversion.conventions import Conventions
 from sft_lightning.tasks.unit_conversion.generator import ConversionQuestion, generate_splits, select_units
 
 
@@ -33,6 +34,9 @@ class UnitConversion(Task):
             (``worked.py``), ``bare`` on the tag alone.
         families / units: restrict the generator (``generator.select_units``).
         val_file: score ``val`` on this file instead of generated questions (same formats as ``NumericFile``).
+        conventions: what a word whose meaning varies means (``ton``, ``kilobyte``, ``gallon``, ``calorie``;
+            docs/data.md, "Conventions"), e.g. ``--data.task.conventions.ton short``; the generated questions,
+            their answers and the factor lookup all follow it. Default: what most people who write the word mean.
     """
 
     def __init__(
@@ -44,13 +48,15 @@ class UnitConversion(Task):
         families: list[str] | None = None,
         units: dict[str, list[str]] | None = None,
         val_file: str | None = None,
+        conventions: Conventions | None = None,
     ) -> None:
         check(train_size >= 1, "data.train_size", train_size, ">= 1")
         check(val_size >= 1, "data.val_size", val_size, ">= 1")
         check(unseen_val_size >= 0, "data.unseen_val_size", unseen_val_size, ">= 0")
+        self.conventions = _checked_conventions(conventions)
         for key, restriction in (("data.families", (families, None)), ("data.units", (None, units))):
             try:
-                select_units(*restriction)
+                select_units(*restriction, conventions=self.conventions)
             except ValueError as exc:
                 raise DataError(f"{key}: {exc}") from None
         self.train_size, self.val_size, self.unseen_val_size = train_size, val_size, unseen_val_size
@@ -62,7 +68,8 @@ class UnitConversion(Task):
         self.seed = seed  # named by describe(): the same settings and seed generate the same records
         try:
             splits = generate_splits(
-                self.train_size, self.val_size, seed, families=self.families, units=self.units, n_unseen=self.unseen_val_size
+                self.train_size, self.val_size, seed, families=self.families, units=self.units, n_unseen=self.unseen_val_size,
+                conventions=self.conventions,
             )
         except ValueError as exc:  # more questions than the selected units allow
             raise DataError(f"data.train_size/val_size/unseen_val_size: {exc}") from None
@@ -90,7 +97,15 @@ class UnitConversion(Task):
     def completion(self, text: str) -> str | None:
         """The factor from the unit table once the model has named the units and the quantity
         (``factor_lookup.py``), else the exact value of the model's own set-up (``calculator.py``)."""
-        return factor_lookup.completion(text) or calculator.completion(text)
+        return factor_lookup.completion(text, self.conventions) or calculator.completion(text)
 
     def describe(self, index: int, record: QARecord) -> str:
         return record.origin or f"generated training record {index} (seed {getattr(self, 'seed', '?')})"
+
+
+def _checked_conventions(given: Conventions | Mapping[str, str] | None) -> Conventions:
+    """The task's conventions (a mapping where a run's saved config.yaml is read back), or an error naming the fix."""
+    try:
+        return Conventions.of(given)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"data.task.conventions: {exc}") from None

@@ -1,38 +1,17 @@
-"""The unit table: every unit the generator asks about, every spelling of it, and its size.
+"""Reading a unit: any spelling of the table (``table.py``), in the context of the other unit, under the
+project's conventions (``conventions.py``), to a canonical key; and its size, from pint.
 
-pint is the source of truth for every conversion factor, but surface forms are never handed to
-pint directly: this table maps each accepted spelling to a canonical unit key and a pint
-expression. That avoids pint's traps, each of which is pinned by a test:
+One resolver serves the generator, the worked set-ups and the factor lookup, so they never disagree:
 
-* ``decade`` is a dimensionless logarithmic unit in pint (not 10 years); here it is ``10 * year``.
-* ``acre`` is the US *survey* acre in pint (4046.8726 m^2); here it is the international acre
-  ``43560 * foot ** 2`` = 4046.8564224 m^2.
-* ``G`` is gauss, ``M`` is molar, ``Mb`` is megabarn, ``C`` is coulomb and ``F`` is farad in pint;
-  ``KB`` and ``kmh`` are undefined.
-* ``B`` is used for both byte and bel in pint's world; here ``B`` = byte.
+* a spelling whose meaning varies (``ton``, ``KB``, ``gallon``, ``calorie``) reads as ``Conventions`` say;
+* beside another unit, a prefix alone (``G``, ``M``, ``K``, ``k``, ``T``) next to a data size is that
+  data size (``2 G in MB`` = 2000) and ``oz``/``ounce`` next to a volume is the US fluid ounce
+  (``conventions.BESIDE``); next to anything else they read as on their own (``G`` alone is refused:
+  gauss to pint, and ambiguous);
+* any length over any time (``in/s``, ``cm/min``, ``miles per minute``) is a speed (``rates.py``).
 
-Conventions (where usage varies, the table follows pint's definition and says so):
-
-* Data sizes follow SI/IEC: kB = 1000 B, KiB = 1024 B, MB = 10**6 B, MiB = 2**20 B. ``KB``
-  (capital K) is ambiguous in practice (JEDEC/Windows use 1024); here **KB = 1000 B**, so KB and
-  kB agree, and binary sizes are spelled KiB/MiB/GiB/TiB. A bit is 1/8 byte.
-* ``year`` is the Julian year (365.25 days, pint's ``year``); ``month`` is a twelfth of it,
-  30.4375 days (pint's ``month``): the average month, not a calendar one.
-* ``ton`` is the US short ton, 2000 lb (pint's ``ton``); ``tonne``/``metric ton``/``t`` is
-  1000 kg; the UK long ton (2240 lb) must be asked for as ``long ton``.
-* Volumes named gallon, quart, pint, cup, fluid ounce, tablespoon and teaspoon are US customary
-  (liquid) measures (pint's defaults); the UK gallon is ``imperial gallon``.
-* ``calorie`` is the thermochemical calorie, 4.184 J (pint's); ``kcal`` 4184 J; ``BTU`` pint's
-  1055.056 J. Temperatures are absolute readings (20 degC -> 68 degF), not differences.
-
-Spellings: ``names`` are (singular, plural) word pairs, the first being the primary one (words
-match case-insensitively); ``symbols`` are case-sensitive. Both are written into generated
-questions. ``accepted`` spellings resolve but are never generated (``mm**3``); ``informal`` ones
-are generated but do not resolve, because out of a question's context they mean something
-else (``C`` is coulomb to pint). ``heldout`` spellings are never written into *training*
-questions: the ``val_unseen`` validation set uses them, to measure whether the model learned
-the unit or only the string. ``tier`` says how often people ask about a unit (1 everyday,
-2 common, 3 rare); the generator samples pairs in proportion.
+Other conventions (not choices): ``year`` is the Julian year (365.25 days, pint's ``year``) and
+``month`` a twelfth of it; temperatures are absolute readings (20 degC -> 68 degF), not differences.
 """
 
 from __future__ import annotations
@@ -40,220 +19,27 @@ from __future__ import annotations
 import difflib
 import functools
 import numbers
-from dataclasses import dataclass
+import re
 from decimal import Decimal
 from typing import Any
 
-FAMILIES: tuple[str, ...] = (
-    "length",
-    "mass",
-    "time",
-    "volume",
-    "speed",
-    "data",
-    "area",
-    "temperature",
-    "energy",
-    "pressure",
-)
+from sft_lightning.tasks.unit_conversion.conventions import BESIDE, DEFAULT, Conventions, governed_key
+from sft_lightning.tasks.unit_conversion.rates import rate, rate_of_key
+from sft_lightning.tasks.unit_conversion.table import FAMILIES, UNITS, Unit, UnknownFamilyError, UnknownUnitError
 
-
-class UnknownUnitError(ValueError):
-    """A unit spelling is not in the curated alias table (or is in the wrong family)."""
-
-
-class UnknownFamilyError(ValueError):
-    """A family name is not one of FAMILIES."""
-
-
-@dataclass(frozen=True)
-class Unit:
-    """A curated unit: its pint expression and every spelling of it (see the module docstring)."""
-
-    key: str
-    family: str
-    pint_expr: str
-    names: tuple[tuple[str, str], ...]
-    symbols: tuple[str, ...] = ()
-    tier: int = 1
-    accepted: tuple[str, ...] = ()
-    informal: tuple[str, ...] = ()
-    heldout: frozenset[str] = frozenset()
-
-    @property
-    def singular(self) -> str:
-        return self.names[0][0]
-
-    @property
-    def plural(self) -> str:
-        return self.names[0][1]
-
-    @property
-    def symbol(self) -> str:
-        """The shortest standard way to write it, used in worked answers ("ft to m: 6×0.305=")."""
-        return self.symbols[0] if self.symbols else self.singular
-
-    def spellings(self) -> tuple[str, ...]:
-        """Every spelling written into questions (held-out ones included), words before symbols."""
-        words = [w for pair in self.names for w in pair]
-        return tuple(dict.fromkeys([*words, *self.symbols, *self.informal]))
-
-
-def _u(
-    key: str,
-    family: str,
-    pint_expr: str,
-    names: list[tuple[str, str]] | tuple[str, str],
-    symbols: tuple[str, ...] = (),
-    tier: int = 1,
-    accepted: tuple[str, ...] = (),
-    informal: tuple[str, ...] = (),
-    heldout: tuple[str, ...] = (),
-) -> Unit:
-    """Terse constructor so the table below stays readable."""
-    pairs = tuple(names) if isinstance(names, list) else (names,)
-    return Unit(key, family, pint_expr, pairs, symbols, tier, accepted, informal, frozenset(heldout))
-
-
-UNITS: tuple[Unit, ...] = (
-    # length
-    _u("micrometer", "length", "micrometer", [("micrometer", "micrometers"), ("micrometre", "micrometres"), ("micron", "microns")],
-       ("µm", "um"), tier=3, accepted=("μm",)),
-    _u("millimeter", "length", "millimeter", [("millimeter", "millimeters"), ("millimetre", "millimetres")], ("mm",)),
-    _u("centimeter", "length", "centimeter", [("centimeter", "centimeters"), ("centimetre", "centimetres")], ("cm",)),
-    _u("meter", "length", "meter", [("meter", "meters"), ("metre", "metres")], ("m",)),
-    _u("kilometer", "length", "kilometer", [("kilometer", "kilometers"), ("kilometre", "kilometres")], ("km",),
-       accepted=("kms",), heldout=("kilometre", "kilometres")),
-    _u("inch", "length", "inch", ("inch", "inches"), ("in",), accepted=("ins",)),
-    _u("foot", "length", "foot", ("foot", "feet"), ("ft",)),
-    _u("yard", "length", "yard", ("yard", "yards"), ("yd", "yds"), heldout=("yds",)),
-    _u("mile", "length", "mile", ("mile", "miles"), ("mi",)),
-    _u("nautical_mile", "length", "nautical_mile", ("nautical mile", "nautical miles"), ("nmi",), tier=2),
-    # mass
-    _u("microgram", "mass", "microgram", [("microgram", "micrograms"), ("microgramme", "microgrammes")], ("µg", "mcg"),
-       tier=3, accepted=("μg", "ug")),
-    _u("milligram", "mass", "milligram", [("milligram", "milligrams"), ("milligramme", "milligrammes")], ("mg",)),
-    _u("gram", "mass", "gram", [("gram", "grams"), ("gramme", "grammes")], ("g",), accepted=("gr",)),
-    _u("kilogram", "mass", "kilogram", [("kilogram", "kilograms"), ("kilo", "kilos"), ("kilogramme", "kilogrammes")],
-       ("kg", "kgs"), heldout=("kgs", "kilogramme", "kilogrammes")),
-    _u("tonne", "mass", "metric_ton", [("metric ton", "metric tons"), ("tonne", "tonnes")], ("t",), tier=2),
-    _u("ton", "mass", "ton", [("ton", "tons"), ("short ton", "short tons"), ("US ton", "US tons")], (), tier=2),
-    _u("long_ton", "mass", "long_ton", [("long ton", "long tons"), ("imperial ton", "imperial tons")], (), tier=3),
-    _u("ounce", "mass", "ounce", ("ounce", "ounces"), ("oz",)),
-    _u("pound", "mass", "pound", ("pound", "pounds"), ("lb", "lbs")),
-    _u("stone", "mass", "stone", ("stone", "stone"), ("st",), tier=2, accepted=("stones",)),
-    # time
-    _u("millisecond", "time", "millisecond", ("millisecond", "milliseconds"), ("ms",), tier=2, accepted=("msec", "msecs")),
-    _u("second", "time", "second", ("second", "seconds"), ("s", "sec", "secs")),
-    _u("minute", "time", "minute", ("minute", "minutes"), ("min", "mins"), heldout=("mins",)),
-    _u("hour", "time", "hour", ("hour", "hours"), ("h", "hr", "hrs"), heldout=("hrs",)),
-    _u("day", "time", "day", ("day", "days"), ("d",)),
-    _u("week", "time", "week", ("week", "weeks"), ("wk", "wks")),
-    _u("month", "time", "month", ("month", "months"), ("mo",)),
-    _u("year", "time", "year", ("year", "years"), ("yr", "yrs")),
-    # pint's `decade` is logarithmic (dimensionless 10); the calendar decade is 10 years.
-    _u("decade", "time", "10 * year", ("decade", "decades"), (), tier=2),
-    _u("century", "time", "100 * year", ("century", "centuries"), (), tier=2),
-    # volume (gallon, quart, pint, cup, fluid ounce, tablespoon, teaspoon: US customary)
-    _u("cubic_millimeter", "volume", "millimeter ** 3", [("cubic millimeter", "cubic millimeters"), ("cubic millimetre", "cubic millimetres")],
-       ("mm³", "mm^3"), tier=3, accepted=("mm**3", "mm3")),
-    _u("cubic_centimeter", "volume", "centimeter ** 3", [("cubic centimeter", "cubic centimeters"), ("cubic centimetre", "cubic centimetres")],
-       ("cm³", "cc"), tier=2, accepted=("cm**3", "cm^3", "cm3")),
-    _u("milliliter", "volume", "milliliter", [("milliliter", "milliliters"), ("millilitre", "millilitres")], ("mL", "ml"),
-       heldout=("millilitre", "millilitres")),
-    _u("liter", "volume", "liter", [("liter", "liters"), ("litre", "litres")], ("L", "l")),
-    _u("cubic_meter", "volume", "meter ** 3", [("cubic meter", "cubic meters"), ("cubic metre", "cubic metres")],
-       ("m³", "m^3"), tier=2, accepted=("m**3", "m3")),
-    _u("cubic_inch", "volume", "inch ** 3", ("cubic inch", "cubic inches"), ("in³", "cu in"), tier=3, accepted=("in^3",)),
-    _u("cubic_foot", "volume", "foot ** 3", ("cubic foot", "cubic feet"), ("ft³", "cu ft"), tier=2, accepted=("ft^3",)),
-    _u("gallon", "volume", "gallon", [("gallon", "gallons"), ("US gallon", "US gallons")], ("gal",)),
-    _u("imperial_gallon", "volume", "imperial_gallon", [("imperial gallon", "imperial gallons"), ("UK gallon", "UK gallons")], (),
-       tier=2),
-    _u("quart", "volume", "quart", ("quart", "quarts"), ("qt",)),
-    _u("pint", "volume", "pint", ("pint", "pints"), ("pt",)),
-    _u("cup", "volume", "cup", ("cup", "cups"), ()),
-    _u("fluid_ounce", "volume", "fluid_ounce", ("fluid ounce", "fluid ounces"), ("fl oz",), accepted=("floz",)),
-    _u("tablespoon", "volume", "tablespoon", ("tablespoon", "tablespoons"), ("tbsp", "tbs"), tier=2, accepted=("Tbsp",), heldout=("tbs",)),
-    _u("teaspoon", "volume", "teaspoon", ("teaspoon", "teaspoons"), ("tsp",), tier=2),
-    # speed
-    _u("meter_per_second", "speed", "meter / second", [("meter per second", "meters per second"), ("metre per second", "metres per second")],
-       ("m/s",), heldout=("metre per second", "metres per second")),
-    _u("kilometer_per_hour", "speed", "kilometer / hour",
-       [("kilometer per hour", "kilometers per hour"), ("kilometre per hour", "kilometres per hour")],
-       ("km/h", "kmh", "kph"), accepted=("km/hr",), heldout=("kph",)),
-    _u("mile_per_hour", "speed", "mile / hour", ("mile per hour", "miles per hour"), ("mph", "mi/h"), accepted=("MPH", "mi/hr")),
-    _u("foot_per_second", "speed", "foot / second", ("foot per second", "feet per second"), ("ft/s",), tier=2, accepted=("fps",)),
-    _u("knot", "speed", "knot", ("knot", "knots"), ("kn", "kt"), tier=2),
-    # data (SI decimal prefixes and IEC binary prefixes; KB = 1000 B, see the module docstring)
-    _u("bit", "data", "bit", ("bit", "bits"), ()),
-    _u("byte", "data", "byte", ("byte", "bytes"), ("B",)),
-    _u("kilobit", "data", "kilobit", ("kilobit", "kilobits"), ("kbit",), tier=3),
-    _u("kilobyte", "data", "kilobyte", ("kilobyte", "kilobytes"), ("kB", "KB")),
-    _u("megabyte", "data", "megabyte", ("megabyte", "megabytes"), ("MB",)),
-    _u("gigabyte", "data", "gigabyte", ("gigabyte", "gigabytes"), ("GB",)),
-    _u("terabyte", "data", "terabyte", ("terabyte", "terabytes"), ("TB",)),
-    _u("petabyte", "data", "petabyte", ("petabyte", "petabytes"), ("PB",), tier=3),
-    _u("kibibyte", "data", "kibibyte", ("kibibyte", "kibibytes"), ("KiB",), tier=2),
-    _u("mebibyte", "data", "mebibyte", ("mebibyte", "mebibytes"), ("MiB",), tier=2),
-    _u("gibibyte", "data", "gibibyte", ("gibibyte", "gibibytes"), ("GiB",), tier=2),
-    _u("tebibyte", "data", "tebibyte", ("tebibyte", "tebibytes"), ("TiB",), tier=3),
-    _u("megabit", "data", "megabit", ("megabit", "megabits"), ("Mb", "Mbit"), tier=2, heldout=("Mbit",)),
-    _u("gigabit", "data", "gigabit", ("gigabit", "gigabits"), ("Gb", "Gbit"), tier=2),
-    # area (acre and square mile are international, not pint's US survey acre)
-    _u("square_millimeter", "area", "millimeter ** 2", [("square millimeter", "square millimeters"), ("square millimetre", "square millimetres")],
-       ("mm²", "mm^2"), tier=3, accepted=("mm**2", "mm2", "sq mm")),
-    _u("square_centimeter", "area", "centimeter ** 2", [("square centimeter", "square centimeters"), ("square centimetre", "square centimetres")],
-       ("cm²", "cm^2", "sq cm"), tier=2, accepted=("cm**2", "cm2")),
-    _u("square_meter", "area", "meter ** 2", [("square meter", "square meters"), ("square metre", "square metres")],
-       ("m²", "m^2", "sq m"), accepted=("m**2", "m2")),
-    _u("square_kilometer", "area", "kilometer ** 2", [("square kilometer", "square kilometers"), ("square kilometre", "square kilometres")],
-       ("km²", "km^2", "sq km"), accepted=("km**2", "km2"), heldout=("square kilometre", "square kilometres")),
-    _u("hectare", "area", "hectare", ("hectare", "hectares"), ("ha",)),
-    _u("acre", "area", "43560 * foot ** 2", ("acre", "acres"), ("ac",)),
-    _u("square_inch", "area", "inch ** 2", ("square inch", "square inches"), ("in²", "sq in"), tier=2, accepted=("in**2", "in^2")),
-    _u("square_foot", "area", "foot ** 2", ("square foot", "square feet"), ("ft²", "sq ft", "ft^2"), accepted=("ft**2",),
-       heldout=("ft²",)),
-    _u("square_yard", "area", "yard ** 2", ("square yard", "square yards"), ("yd²", "sq yd"), tier=2, accepted=("yd**2", "yd^2")),
-    _u("square_mile", "area", "mile ** 2", ("square mile", "square miles"), ("mi²", "sq mi"), tier=2, accepted=("mi**2", "mi^2")),
-    # temperature (offset units: converted as absolute temperatures, not differences)
-    _u("celsius", "temperature", "degC", [("degree Celsius", "degrees Celsius"), ("Celsius", "Celsius"), ("degree C", "degrees C"),
-                                         ("centigrade", "centigrade")],
-       ("°C", "degC"), accepted=("℃", "deg C", "C°", "degrees centigrade"), informal=("C",), heldout=("centigrade",)),
-    _u("fahrenheit", "temperature", "degF", [("degree Fahrenheit", "degrees Fahrenheit"), ("Fahrenheit", "Fahrenheit"),
-                                            ("degree F", "degrees F")],
-       ("°F", "degF"), accepted=("℉", "deg F", "F°"), informal=("F",), heldout=("degree F", "degrees F")),
-    _u("kelvin", "temperature", "kelvin", [("kelvin", "kelvin"), ("kelvin", "kelvins")], ("K",), accepted=("degrees kelvin",)),
-    # energy (calorie = thermochemical 4.184 J; Btu = pint's 1055.056 J)
-    _u("joule", "energy", "joule", ("joule", "joules"), ("J",)),
-    _u("kilojoule", "energy", "kilojoule", ("kilojoule", "kilojoules"), ("kJ",)),
-    _u("megajoule", "energy", "megajoule", ("megajoule", "megajoules"), ("MJ",), tier=2),
-    _u("calorie", "energy", "calorie", ("calorie", "calories"), ("cal",)),
-    _u("kilocalorie", "energy", "kilocalorie", ("kilocalorie", "kilocalories"), ("kcal",)),
-    _u("watt_hour", "energy", "watt_hour", [("watt-hour", "watt-hours"), ("watt hour", "watt hours")], ("Wh",), tier=2),
-    _u("kilowatt_hour", "energy", "kilowatt_hour", [("kilowatt-hour", "kilowatt-hours"), ("kilowatt hour", "kilowatt hours")], ("kWh",),
-       heldout=("kilowatt hour", "kilowatt hours")),
-    _u("btu", "energy", "Btu", ("British thermal unit", "British thermal units"), ("BTU", "Btu"), tier=2, heldout=("Btu",)),
-    # pressure
-    _u("pascal", "pressure", "pascal", ("pascal", "pascals"), ("Pa",), tier=2),
-    _u("hectopascal", "pressure", "hectopascal", ("hectopascal", "hectopascals"), ("hPa",)),
-    _u("kilopascal", "pressure", "kilopascal", ("kilopascal", "kilopascals"), ("kPa",)),
-    _u("bar", "pressure", "bar", ("bar", "bars"), ()),
-    _u("millibar", "pressure", "millibar", ("millibar", "millibars"), ("mbar",), tier=2, heldout=("millibar", "millibars")),
-    _u("atmosphere", "pressure", "atmosphere", ("atmosphere", "atmospheres"), ("atm",)),
-    _u("psi", "pressure", "psi", ("pound per square inch", "pounds per square inch"), ("psi",)),
-    _u("millimeter_of_mercury", "pressure", "mmHg", [("millimeter of mercury", "millimeters of mercury"),
-                                                     ("millimetre of mercury", "millimetres of mercury")],
-       ("mmHg",), tier=2, accepted=("mm Hg",)),
-    _u("inch_of_mercury", "pressure", "inHg", ("inch of mercury", "inches of mercury"), ("inHg",), tier=3, accepted=("in Hg",)),
-    _u("torr", "pressure", "torr", ("torr", "torr"), ("Torr",), tier=3),
-)
+__all__ = [
+    "BY_KEY", "DEFAULT", "FAMILIES", "UNITS", "Conventions", "Unit", "UnknownFamilyError", "UnknownUnitError",
+    "accepted_spellings", "check_family", "convert", "convert_keys", "family_of", "pair_factor", "registry",
+    "resolve_pair", "resolve_unit", "unit", "units_of",
+]
 
 # Spellings that look like units but are deliberately rejected, with the reason.
-# (Note: "K" is accepted, as kelvin; "B" is accepted, as byte.)
+# (Note: "K" is accepted, as kelvin, and as KB beside a data size; "B" is accepted, as byte.)
 _REJECTED: dict[str, str] = {
-    "G": "'G' is gauss in pint and ambiguous for giga-; write GB (gigabyte) or Gb (gigabit)",
-    "M": "'M' is molar in pint and ambiguous for mega-; write MB (megabyte) or Mb (megabit)",
-    "k": "'k' alone is only a prefix; write e.g. km, kg or kB",
+    "G": "'G' alone is gauss in pint and ambiguous for giga- (beside a data size it is GB); write GB or Gb (gigabit)",
+    "M": "'M' alone is molar in pint and ambiguous for mega- (beside a data size it is MB); write MB or Mb (megabit)",
+    "T": "'T' alone is tesla in pint and ambiguous for tera- (beside a data size it is TB); write TB",
+    "k": "'k' alone is only a prefix (beside a data size it is kB); write e.g. km, kg or kB",
     "b": "'b' is ambiguous (bit or barn); write 'bit'",
     "kb": "'kb' is ambiguous (kilobit or kilobyte); write kB/KB (kilobyte) or kbit",
     "mb": "'mb' is ambiguous (millibar or megabyte); write mbar or MB",
@@ -297,8 +83,11 @@ BY_KEY, _SYMBOLS, _WORDS = _build_alias_tables()
 
 
 def unit(key: str) -> Unit:
-    """The table entry of a canonical key."""
-    return BY_KEY[key]
+    """The unit of a canonical key: the table's, or a composed rate (``inch_per_second``)."""
+    found = BY_KEY.get(key) or rate_of_key(key)
+    if found is None:
+        raise KeyError(f"no unit has the key {key!r}")
+    return found
 
 
 def accepted_spellings(family: str | None = None) -> list[str]:
@@ -321,9 +110,9 @@ def units_of(family: str) -> tuple[str, ...]:
     return tuple(u.key for u in UNITS if u.family == family)
 
 
-def family_of(name: str) -> str:
+def family_of(name: str, conventions: Conventions = DEFAULT) -> str:
     """Family of a unit given in any surface form."""
-    return BY_KEY[resolve_unit(name)].family
+    return unit(resolve_unit(name, conventions=conventions)).family
 
 
 def check_family(family: str) -> None:
@@ -347,18 +136,20 @@ def _unknown_unit_message(name: str, family: str | None) -> str:
     return f"{head}; accepted unit keys: {', '.join(BY_KEY)}"
 
 
-def resolve_unit(name: str, family: str | None = None) -> str:
+def resolve_unit(name: str, family: str | None = None, *, beside: str | None = None, conventions: Conventions = DEFAULT) -> str:
     """Map any accepted surface form to its canonical unit key.
 
-    Symbols are case-sensitive (MB is not Mb); word forms are not. If ``family`` is given, a
-    unit of another family is rejected too.
+    Symbols are case-sensitive (MB is not Mb); word forms are not. ``beside`` (the question's other unit)
+    or else ``family`` is the context that reads a prefix alone or an ounce (module docstring); with
+    ``family``, a unit of another family is rejected.
     """
     if not isinstance(name, str):
         raise UnknownUnitError(f"unit must be a string, got {type(name).__name__}: {name!r}")
     if family is not None:
         check_family(family)
     cleaned = _clean(name)
-    found = _SYMBOLS.get(cleaned) or _WORDS.get(cleaned.casefold())
+    context = _family_beside(beside, conventions) if beside is not None else family
+    found = _in_context(cleaned, context, conventions) or _plain(cleaned, conventions)
     if found is None:
         raise UnknownUnitError(_unknown_unit_message(cleaned or name, family))
     if family is not None and found.family != family:
@@ -367,6 +158,46 @@ def resolve_unit(name: str, family: str | None = None) -> str:
             f"accepted {family} spellings: {', '.join(accepted_spellings(family))}"
         )
     return found.key
+
+
+def resolve_pair(source: str, target: str, conventions: Conventions = DEFAULT) -> tuple[str, str]:
+    """The keys of a question's two units, each read beside the other (``G``, ``MB`` -> gigabyte, megabyte)."""
+    return (resolve_unit(source, beside=target, conventions=conventions),
+            resolve_unit(target, beside=source, conventions=conventions))
+
+
+_RATE = re.compile(r"(?P<length>.+?)\s*(?:/|\s(?i:per)\s)\s*(?P<time>.+)")
+
+
+def _plain(cleaned: str, conventions: Conventions) -> Unit | None:
+    """The unit a spelling names on its own: a convention's reading, the table's, or a composed rate."""
+    key = governed_key(cleaned, conventions)
+    if key is not None:
+        return BY_KEY[key]
+    found = _SYMBOLS.get(cleaned) or _WORDS.get(cleaned.casefold())
+    if found is not None:
+        return found
+    parts = _RATE.fullmatch(cleaned) or _RATE.fullmatch(cleaned.replace("_", " "))
+    if parts is None:
+        return None
+    length, time = _plain(parts["length"], conventions), _plain(parts["time"], conventions)
+    if length is None or time is None or (length.family, time.family) != ("length", "time"):
+        return None
+    return rate(length, time)
+
+
+def _family_beside(beside: str, conventions: Conventions) -> str | None:
+    """The family of the question's other unit, read on its own; None when it is not a unit."""
+    found = _plain(_clean(beside), conventions) if isinstance(beside, str) else None
+    return None if found is None else found.family
+
+
+def _in_context(cleaned: str, family: str | None, conventions: Conventions) -> Unit | None:
+    """What ``cleaned`` means beside a unit of ``family`` (``conventions.BESIDE``), None when no rule reads it."""
+    for spelling, meant in BESIDE.get(family or "", {}).items():
+        if cleaned == spelling or (isinstance(spelling, tuple) and cleaned.casefold() in spelling):
+            return _plain(meant, conventions)
+    return None
 
 
 # --------------------------------------------------------------------------- conversion
@@ -386,7 +217,7 @@ def registry() -> Any:
 @functools.cache
 def _pint_quantity(key: str) -> Any:
     """pint Quantity for one unit of ``key`` (may carry a factor, e.g. 10 * year)."""
-    return registry().parse_expression(BY_KEY[key].pint_expr)
+    return registry().parse_expression(unit(key).pint_expr)
 
 
 def _to_decimal(value: float) -> Decimal:
@@ -399,11 +230,21 @@ def _to_decimal(value: float) -> Decimal:
     return result
 
 
-def convert(value: float, source: str, target: str) -> float:
-    """Convert ``value`` from ``source`` to ``target`` (any surface forms) using pint."""
-    src, dst = BY_KEY[resolve_unit(source)], BY_KEY[resolve_unit(target)]
+def convert(value: float, source: str, target: str, conventions: Conventions = DEFAULT) -> float:
+    """Convert ``value`` from ``source`` to ``target`` (any surface forms, each read beside the other) using pint."""
+    src, dst = resolve_pair(source, target, conventions)
+    if unit(src).family != unit(dst).family:
+        raise ValueError(
+            f"cannot convert {source!r} ({unit(src).family}) to {target!r} ({unit(dst).family}): incompatible dimensions"
+        )
+    return convert_keys(value, src, dst)
+
+
+def convert_keys(value: float, src_key: str, dst_key: str) -> float:
+    """Convert ``value`` between two canonical keys of one family (no spelling is read: the generator's path)."""
+    src, dst = unit(src_key), unit(dst_key)
     if src.family != dst.family:
-        raise ValueError(f"cannot convert {source!r} ({src.family}) to {target!r} ({dst.family}): incompatible dimensions")
+        raise ValueError(f"cannot convert {src.key} ({src.family}) to {dst.key} ({dst.family}): incompatible dimensions")
     magnitude = _to_decimal(value)
     ureg = registry()
     if src.family == "temperature":
@@ -417,4 +258,13 @@ def convert(value: float, source: str, target: str) -> float:
 @functools.cache
 def pair_factor(src_key: str, dst_key: str) -> float:
     """Linear factor between two non-offset units (cached: pairs are reused a lot)."""
-    return convert(1, src_key, dst_key)
+    return convert_keys(1, src_key, dst_key)
+
+
+@functools.cache
+def beside_forms(key: str, conventions: Conventions = DEFAULT) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """The spellings that mean unit ``key`` only beside a unit of its family (``G`` for GB, ``oz`` for fl oz):
+    (word pairs, symbols); the generator writes them there."""
+    forms = [spelling for spelling, meant in BESIDE.get(unit(key).family, {}).items()
+             if getattr(_plain(meant, conventions), "key", None) == key]
+    return tuple(f for f in forms if isinstance(f, tuple)), tuple(f for f in forms if isinstance(f, str))

@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sft_lightning.prompt import format_number
-from sft_lightning.tasks.unit_conversion.units import BY_KEY, pair_factor
+from sft_lightning.tasks.unit_conversion.conventions import DEFAULT, Conventions, view
+from sft_lightning.tasks.unit_conversion.units import pair_factor, unit
 
 FACTOR_DIGITS = 3
 
@@ -34,20 +35,29 @@ _TEMPERATURE: dict[tuple[str, str], tuple[str, Callable[[float], float], str, Ca
 }
 
 
-def working(quantity: float, source: str, target: str) -> tuple[str, float]:
+def working(quantity: float, source: str, target: str, conventions: Conventions = DEFAULT) -> tuple[str, float]:
     """The text written before ``<answer>`` and the value that text computes.
 
-    ``source``/``target`` are canonical unit keys of one family.
+    ``source``/``target`` are canonical unit keys of one family; the set-up names each by the symbol that
+    means it under ``conventions`` (a tonne is ``t``, never ``ton``), so ``units.resolve_pair`` reads it back.
     """
     q = _plain(quantity)
-    if BY_KEY[source].family == "temperature":
+    units = f"{set_up_symbol(source, conventions)} to {set_up_symbol(target, conventions)}"
+    if unit(source).family == "temperature":
         whole, first, rest, finish = _TEMPERATURE[(source, target)]
         inner = round(first(quantity), 6)
         steps = whole.format(q=q) + "=" + (rest.format(a=_plain(inner)) + "=" if rest else "")
-        return f"{BY_KEY[source].symbol} to {BY_KEY[target].symbol}: {steps}", finish(inner)
+        return f"{units}: {steps}", finish(inner)
     factor = factor_text(source, target)
-    text = f"{BY_KEY[source].symbol} to {BY_KEY[target].symbol}: {q}×{factor}="
-    return text, quantity * float(factor)
+    return f"{units}: {q}×{factor}=", quantity * float(factor)
+
+
+def set_up_symbol(key: str, conventions: Conventions = DEFAULT) -> str:
+    """How a set-up names unit ``key``: its symbol among the spellings that mean it under ``conventions``."""
+    seen = view(unit(key), conventions)
+    if seen is None:
+        raise ValueError(f"no spelling means {key!r} under {conventions}")
+    return seen.symbol
 
 
 def factor_text(source: str, target: str) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from sft_lightning.metrics import parse_answer
 from sft_lightning.prompt import format_answer
+from sft_lightning.tasks.unit_conversion import rates
 from sft_lightning.tasks.unit_conversion.generator import ConversionQuestion, Splits, generate_splits, normalize_question
 from sft_lightning.tasks.unit_conversion.phrasings import HELDOUT, TRAIN, pick_spelling
 from sft_lightning.tasks.unit_conversion.units import UNITS, convert
@@ -31,8 +32,8 @@ def _mentions(text: str, spelling: str, exact_case: bool = False) -> bool:
 
 def test_every_unit_of_the_table_is_trained_on(splits: Splits) -> None:
     used = Counter(k for q in splits.train for k in (q.source_unit, q.target_unit))
-    assert set(used) == {u.key for u in UNITS}
-    for key in ("month", "ton", "tonne", "bit", "byte", "quart", "pint", "yard", "century", "tablespoon"):
+    assert set(used) == {u.key for u in UNITS} | {u.key for u in rates.generated()}
+    for key in ("month", "short_ton", "tonne", "bit", "byte", "quart", "pint", "yard", "century", "tablespoon"):
         assert used[key] >= 20, key
 
 
@@ -94,7 +95,9 @@ def test_pick_spelling_never_returns_a_held_out_form_for_training() -> None:
         (6, "foot", "meter", "ft to m: 6×0.305=", 1.83),
         (5, "quart", "pint", "qt to pt: 5×2=", 10),
         (3, "month", "day", "mo to d: 3×30.4=", 91.2),
-        (2, "ton", "kilogram", "ton to kg: 2×907=", 1814),
+        (2, "short_ton", "kilogram", "short ton to kg: 2×907=", 1814),
+        (2, "tonne", "pound", "t to lb: 2×2200=", 4400),
+        (4, "meter_per_second", "inch_per_second", "m/s to in/s: 4×39.4=", 157.6),
         (100, "fahrenheit", "celsius", "°F to °C: (100-32)/1.8=68/1.8=", 100 / 1.8 - 32 / 1.8),
         (37, "celsius", "fahrenheit", "°C to °F: 37×1.8+32=66.6+32=", 98.6),
         (-15, "celsius", "fahrenheit", "°C to °F: -15×1.8+32=-27+32=", 5),

@@ -48,7 +48,8 @@ HAND_CHECKED: list[tuple[float, str, str, float, float]] = [
     (16, "ounces", "pounds", 1, EXACT),
     (5, "kg", "pounds", 11.023113109243878, 1e-12),  # 5 / 0.45359237
     (2500, "mg", "g", 2.5, EXACT),
-    (1, "ton", "lb", 2000, EXACT),  # US short ton, pint's `ton`
+    (1, "short ton", "lb", 2000, EXACT),  # US short ton
+    (1, "ton", "kg", 1000, EXACT),  # a bare ton is the metric tonne (conventions.py)
     (1, "tonne", "lb", 2204.6226218487757, 1e-12),  # 1000 / 0.45359237
     (1, "long ton", "lb", 2240, EXACT),
     (1, "mcg", "mg", 0.001, EXACT),
