@@ -137,7 +137,7 @@ class StepMeter:
         self.interval = IntervalMax()
         self.window: deque[Any] = deque(maxlen=1)  # the micro-batches of this optimiser step (RecordedBatch)
         self.batch_idx = -1
-        self.local_flags: list[float] | None = None  # this rank's own flags of the last step (read at a trip)
+        self.local_flags: list[float] | list[int] | None = None  # this rank's own flags of the last step (read at a trip)
         self.sharded = False  # FSDP/FSDP2: each rank's gradients are shards; the norm is over all ranks' shards
         self.loss_scale: float | None = None  # of the last measured step (logged)
         self._weights: tuple[list[Tensor | None], Trainable] | None = None
@@ -202,7 +202,8 @@ class StepMeter:
 
     def add_loss(self, loss: Tensor, accumulate_grad_batches: int | None) -> None:
         """The loss as backward sees it (the plugin scaled it, Lightning divided it for accumulation)."""
-        self.losses.append((loss.detach(), float(accumulate_grad_batches or 1)))
+        value = loss.detach()
+        self.losses.append((value if value.dim() == 0 else value.reshape(()), float(accumulate_grad_batches or 1)))
 
     # ------------------------------------------------------------------ per optimiser step: the one read-back
     def measure(
@@ -228,33 +229,34 @@ class StepMeter:
             self.empty if self.empty is not None else zero,
             scaler_scale.reshape(()) if scaler_scale is not None else one,
         ]
-        losses = [loss.reshape(()) for loss, _ in self.losses]
+        losses = [loss for loss, _ in self.losses]
         post, self.post = self.post, []
         layout = _Parts(len(gparts), len(pparts), len(bparts), len(losses), len(post))
         parts = [*gparts, *pparts, *bparts, *losses, *post, *extras]
-        if any(t.device != device for t in parts):
+        if any(t.device != device for t in (*losses, *post, *extras)):  # the norms are on ``device`` already
             parts = [t.to(device) for t in parts]
         stacked = torch.stack(parts)
         fused = scaler_scale is not None and getattr(optimizer, "_step_supports_amp_scaling", False)
         factors = [acc for _, acc in self.losses]
         if trainer.world_size > 1 or self.sharded:
             values, flags, ranks = self._reduce(trainer, stacked, layout, grads, gorder, factors, fused)
+            g, p, b, raw_losses, _, (_, scale) = layout.slices(values)
         else:
             values = stacked.tolist()  # THE sync
-            flags = _host_flags(values, layout, factors, fused)
+            g, p, b, raw_losses, post_values, (empty, scale) = layout.slices(values)
+            flags = _host_flags(g, p, b, raw_losses, post_values, empty, scale, factors, fused)
             ranks = None
         self.reset()
         self._weights = (weights, trainable)
-        g, p, b, raw_losses, _, (empty, scale) = layout.slices(values)
         if fused:
             g = [v / scale for v in g]  # fused optimisers unscale inside step(): do it here
         unscaled = [v / scale * acc for v, acc in zip(raw_losses, factors)]
-        grad_norm = math.sqrt(math.fsum(v * v for v in g))
-        loss = math.fsum(unscaled) / len(unscaled) if unscaled else None
+        grad_norm = math.sqrt(sum(v * v for v in g))
+        loss = sum(unscaled) / len(unscaled) if unscaled else None
         self.local_flags = flags if ranks is None else self.local_flags
         self.loss_scale = scale if scaler_scale is not None else None
         measured = Measured(
-            flags=StepFlags.from_values(flags if ranks is None else ranks[0]),
+            flags=StepFlags(*flags) if ranks is None else StepFlags.from_values(ranks[0]),
             grad_norm=grad_norm,
             loss=loss,
             loss_scale=self.loss_scale,
@@ -352,22 +354,25 @@ class StepMeter:
         return flag.item() > 0
 
 
-def _host_flags(values: list[float], layout: _Parts, factors: list[float], fused: bool) -> list[float]:
+def _host_flags(
+    g: list[float], p: list[float], b: list[float], raw_losses: list[float], post: list[float], empty: float,
+    scale: float, factors: list[float], fused: bool,
+) -> list[int]:
     """The flag vector (``FLAG_NAMES`` order) of one process, from the values read back."""
-    g, p, b, raw_losses, post, (empty, scale) = layout.slices(values)
     unscaled = [v / scale * acc for v, acc in zip(raw_losses, factors)]
-    gsq = math.fsum(v * v for v in g) / (scale * scale if fused else 1.0)
-    after = not all(math.isfinite(v) for v in post)
-    params_bad = not all(math.isfinite(v) for v in p)
+    gsum = sum(g)  # a sum of norms is non-finite exactly when one of them is (norms are >= 0)
+    gsum = gsum / scale if fused else gsum
+    after = not math.isfinite(sum(post))
+    params_bad = not math.isfinite(sum(p))
     return [
-        float(any(math.isnan(v) for v in unscaled)),
-        float(any(math.isinf(v) for v in unscaled)),
-        float(empty > 0),
-        float(math.isnan(gsq)),
-        float(math.isinf(gsq)),
-        float(params_bad and not after),
-        float(after),
-        float(not all(math.isfinite(v) for v in b)),
+        int(any(map(math.isnan, unscaled))),
+        int(any(map(math.isinf, unscaled))),
+        int(empty > 0),
+        int(math.isnan(gsum)),
+        int(math.isinf(gsum)),
+        int(params_bad and not after),
+        int(after),
+        int(not math.isfinite(sum(b))),
     ]
 
 
