@@ -1,7 +1,7 @@
 """The formats people's files already have, detected from the columns, each row turned into a ``QARecord``.
 
 - TRL conversational: ``messages`` (a list of ``{"role", "content"}``, several turns, an optional system message)
-- TRL prompt/completion: ``prompt`` and ``completion``
+- TRL prompt/completion: ``prompt`` and ``completion`` (texts, or TRL's conversational form: lists of messages)
 - Alpaca: ``instruction``, ``output`` and optionally ``input``
 - question/answer: ``question`` and ``answer`` (a number, a text, or a GSM8K answer ending in ``#### N``)
 - TRL language modelling: ``text`` (trained on whole, scored by its loss only)
@@ -78,7 +78,10 @@ def row_record(row: Mapping[str, Any], fmt: DataFormat, where: str) -> QARecord:
         extra = "" if extra is None else _text(extra, "input", where, allow_empty=True)
         prompt = _text(row["instruction"], "instruction", where) + (f"\n\n{extra}" if extra else "")
         return _completed(prompt, _text(row["output"], "output", where), where)
-    return _completed(_text(row["prompt"], "prompt", where), _text(row["completion"], "completion", where), where)
+    prompt, completion = row["prompt"], row["completion"]
+    if isinstance(prompt, (list, tuple)) and isinstance(completion, (list, tuple)):  # TRL's conversational form
+        return conversation_record([*prompt, *completion], where)
+    return _completed(_text(prompt, "prompt", where), _text(completion, "completion", where), where)
 
 
 def pair_record(item: Any, where: str) -> QARecord:

@@ -60,6 +60,14 @@ def test_messages_multi_turn_with_a_system_message(tmp_path: Path, suffix: str) 
     assert record == QARecord("Capital of France?", "Paris", "Paris", None, (("system", "Answer briefly."), ("user", "Hi"), ("assistant", "Hello")))
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_conversational_prompt_completion_is_a_conversation(tmp_path: Path, suffix: str) -> None:
+    row = {"prompt": [SYSTEM, {"role": "user", "content": "Capital of France?"}],
+           "completion": [{"role": "assistant", "content": "Paris"}]}
+    (record,) = load_records(_write(tmp_path / f"d{suffix}", [row]))
+    assert record == QARecord("Capital of France?", "Paris", "Paris", None, (("system", "Answer briefly."),))
+
+
 def test_text_records_are_trained_on_whole_and_not_scored(tmp_path: Path) -> None:
     (record,) = load_records(_write(tmp_path / "d.jsonl", [{"text": "Paris is the capital of France."}]))
     assert (record.question, record.answer, record.target) == ("", None, "Paris is the capital of France.")
