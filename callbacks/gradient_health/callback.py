@@ -292,7 +292,7 @@ class GradientHealth(PublicState, Callback):
     def _put_back_step_start(self, pl_module: pl.LightningModule) -> dict[str, Any]:
         """Buffers and carried attributes back to their values before the step's forward (what is kept in memory,
         replayed and saved is then what the step started from); the report names the non-finite attributes."""
-        _, attributes = self._start.restore(pl_module)
+        attributes = self._start.restore(pl_module)
         return {"nonfinite_attributes": attributes} if attributes else {}
 
     def _after_recovery(self, pl_module: pl.LightningModule) -> None:

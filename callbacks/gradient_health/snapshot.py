@@ -151,16 +151,13 @@ class StepStart:
                 self._constant.add(i)
 
     @torch.no_grad()
-    def restore(self, module: nn.Module) -> tuple[list[str], list[str]]:
-        """Put back the buffers and the non-finite carried attributes; returns (buffers put back, attributes put
-        back or still non-finite, each with what was done)."""
+    def restore(self, module: nn.Module) -> list[str]:
+        """Put back the buffers and the non-finite carried attributes; returns each such attribute with what was
+        done about it."""
         for i in self._kept:
             if i in self._copies:
                 self._buffer(i).copy_(self._copies[i])
-        attributes = []
-        for name, note in nonfinite_attributes(module, self.attributes):
-            attributes.append(f"{name} ({note})")
-        return [self._entries[i][0] for i in self._kept], attributes
+        return [f"{name} ({note})" for name, note in nonfinite_attributes(module, self.attributes)]
 
     def kept_buffers(self) -> dict[str, Tensor]:
         """Qualified name -> the value before the step's first forward."""
