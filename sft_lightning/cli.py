@@ -15,10 +15,12 @@ with 128 + the signal number; ``fit --ckpt_path last`` then continues exactly wh
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import logging
 import math
+import os
 import signal
 import sys
 import warnings
@@ -384,12 +386,20 @@ class _DropMessages(logging.Filter):
         return not any(fragment in message for fragment in self.fragments)
 
 
-def _close_process_group() -> None:
-    """After a multi-process run: tear gloo/NCCL down before the interpreter exits, where its threads could still
-    be running and abort the process ("terminate called without an active exception")."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()  # no rank tears down while another still has work in flight
-        torch.distributed.destroy_process_group()
+def _end_distributed_process() -> None:
+    """After a multi-process run: every rank waits for the others, the process group is torn down, and the
+    process ends without interpreter finalisation. Finalisation can still free a gloo group (the strategy keeps
+    a reference past ``destroy_process_group``) whose threads then take the GIL of a dying interpreter and
+    abort the process ("terminate called without an active exception", pytorch/pytorch#179291) after the run
+    saved everything. ``atexit`` handlers (logging, loggers' uploads) still run first."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    torch.distributed.barrier()  # no rank tears down while another still has work in flight
+    torch.distributed.destroy_process_group()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -401,7 +411,7 @@ def main(args: list[str] | None = None) -> None:
             importlib.import_module(f"sft_lightning.{argv[0]}").main(argv[1:])
         else:
             build_cli(args)
-            _close_process_group()
+            _end_distributed_process()
     except EXPECTED_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
