@@ -236,7 +236,7 @@ def markdown_table(results: dict[str, Any], machine: dict[str, Any], wall: float
         if "sftl_generate_unmerged" in v["seconds"]:
             u, g = v["seconds"]["sftl_generate_unmerged"]["median"], v["seconds"]["sftl_generate"]["median"]
             lines.append(
-                f"LoRA folded into the weights while generating (`sft_lightning/merged_lora.py`, the default): {g:.1f} s against"
+                f"LoRA folded into the weights while generating (`sft_lightning/models/merged_lora.py`, the default): {g:.1f} s against"
                 f" {u:.1f} s unmerged, {u / g:.2f}x; predictions identical on {v['prediction_agreement_merged_vs_unmerged'] * 100:.0f}%"
                 " (merged weights round differently)."
             )

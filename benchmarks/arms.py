@@ -52,7 +52,7 @@ class _Arm:
             self.settings["trainer"]["precision"] = opts["precision"]
         if opts.get("accelerator"):
             self.settings["trainer"]["accelerator"] = opts["accelerator"]
-        from sft_lightning.data import SFTDataModule
+        from sft_lightning.data.datamodule import SFTDataModule
 
         self.data_cls = _counting_data_module(SFTDataModule)
         self.data = self.data_cls(**self.settings["data"])
@@ -197,8 +197,8 @@ class HFArm(_Arm):
         from peft import LoraConfig, get_peft_model
 
         from benchmarks.common import parameter_counts
-        from sft_lightning.anatomy import top_layers
-        from sft_lightning.models import load_model, load_tokenizer
+        from sft_lightning.models.anatomy import top_layers
+        from sft_lightning.models.loading import load_model, load_tokenizer
         from sft_lightning.module import DEFAULT_TARGET_MODULES
 
         self.torch = torch
@@ -419,7 +419,7 @@ def _compiles(setting: bool | str, trainer: dict[str, Any]) -> bool:
     """Whether ``model.compile`` compiles for this trainer: ``auto`` as ``SFTModule`` resolves it."""
     if setting != "auto":
         return bool(setting)
-    from sft_lightning.compile import compile_pays
+    from sft_lightning.models.compile import compile_pays
 
     device = "cuda" if trainer.get("accelerator") == "cuda" else "cpu"
     return compile_pays((str(trainer.get("precision")), device))

@@ -49,7 +49,7 @@ from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
 from benchmarks.common import embedded_settings, machine_description, result_path, same_batch_ratio  # noqa: E402
 from callbacks import GradientHealth  # noqa: E402
-from sft_lightning.data import SFTDataModule  # noqa: E402
+from sft_lightning.data.datamodule import SFTDataModule  # noqa: E402
 from sft_lightning.module import DEFAULT_TARGET_MODULES, SFTModule  # noqa: E402
 
 WITH, WITHOUT = "with_callback", "without_callback"

@@ -35,12 +35,12 @@ def embedded_settings(path: Path = EMBEDDED_CONFIG) -> dict[str, Any]:
         data.setdefault("cache_dir", model["cache_dir"])
     trainer = dict(config.get("trainer", {}))
     callbacks = trainer.pop("callbacks", []) or []
-    if trainer.get("precision") is None:  # the machine's, as the CLI chooses it (sft_lightning.precision)
-        from sft_lightning.precision import machine_precision
+    if trainer.get("precision") is None:  # the machine's, as the CLI chooses it (sft_lightning.models.precision)
+        from sft_lightning.models.precision import machine_precision
 
         trainer["precision"] = machine_precision(str(trainer.get("accelerator") or "auto")).precision
     if model.get("base_dtype", "auto") == "auto":  # modules built without a Trainer cannot resolve "auto"
-        from sft_lightning.precision import base_dtype_for
+        from sft_lightning.models.precision import base_dtype_for
 
         model["base_dtype"] = base_dtype_for(trainer["precision"])
     return {"model": model, "data": data, "trainer": trainer, "callbacks": callbacks, "seed": config.get("seed_everything", 0)}
@@ -101,7 +101,7 @@ def machine_kind(accelerator: str = "cpu") -> str:
     """
     if accelerator == "cuda":
         return "cuda"
-    from sft_lightning.precision import cpu_flags, cpu_kind, probe_cpu
+    from sft_lightning.models.precision import cpu_flags, cpu_kind, probe_cpu
 
     return cpu_kind(probe_cpu(), cpu_flags())
 

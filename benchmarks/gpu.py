@@ -101,7 +101,7 @@ def short_fit(args: argparse.Namespace, device: str, workdir: Path) -> dict[str,
     from lightning.pytorch.loggers import CSVLogger
 
     from callbacks import GradientHealth
-    from sft_lightning.data import SFTDataModule
+    from sft_lightning.data.datamodule import SFTDataModule
     from sft_lightning.module import SFTModule
 
     settings = model_and_data(args)
@@ -185,7 +185,7 @@ def adapter_roundtrip(module: Any, adapter_dir: Path, device: Any) -> bool:
     import torch
     from peft import PeftModel
 
-    from sft_lightning.models import load_model
+    from sft_lightning.models.loading import load_model
 
     base = load_model(module.hparams.model, module.hparams.get("cache_dir"))
     loaded = PeftModel.from_pretrained(base, str(adapter_dir)).to(device)
@@ -277,7 +277,7 @@ def seed_scenario(device: str, workdir: Path) -> dict[str, Any]:
     import lightning as L
 
     from callbacks import GradientHealth, NonFiniteTrainingError
-    from sft_lightning.data import SFTDataModule
+    from sft_lightning.data.datamodule import SFTDataModule
     from sft_lightning.module import SFTModule
 
     L.seed_everything(0, verbose=False)

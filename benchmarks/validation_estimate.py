@@ -4,7 +4,7 @@
 
 With ``configs/embedded.yaml``'s data, model and the machine's precision, and a trained adapter (an
 untrained model writes answers of other lengths than the final validation sees): the estimate
-``SFTModule`` makes before training (``sft_lightning.validation_timing``), then every validation set
+``SFTModule`` makes before training (``sft_lightning.budget.validation_estimate``), then every validation set
 run as ``validation_step`` runs it (loss forward on the main set, generation with the calculator), each
 set timed and compared with its prediction. Results in ``benchmarks/results/validation_estimate-<kind>.json``.
 """
@@ -28,12 +28,12 @@ MODES = {
 
 
 def measure(adapter: str, config: Path, overrides: list[str] | None) -> dict[str, Any]:
-    from sft_lightning.compile import eager
-    from sft_lightning.data import SFTDataModule
+    from sft_lightning.budget.validation_estimate import LARGE_BATCH, Ending, answer_lengths, measure_validation_cost, shape_of, spread
+    from sft_lightning.data.datamodule import SFTDataModule
+    from sft_lightning.evaluation.metrics import MAIN_VAL_SET
     from sft_lightning.loss import chunked_loss_sum
-    from sft_lightning.metrics import MAIN_VAL_SET
+    from sft_lightning.models.compile import eager
     from sft_lightning.module import SFTModule
-    from sft_lightning.validation_timing import LARGE_BATCH, Ending, answer_lengths, measure_validation_cost, shape_of, spread
 
     settings = apply_overrides(embedded_settings(config), overrides)
     precision = settings["trainer"]["precision"]

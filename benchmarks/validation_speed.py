@@ -11,7 +11,7 @@ Variants (one process, one model object, the same adapter, ``eval_batch_size`` a
   batches -> ``SFTModule.generate_texts`` -> ``parse_answers`` -> metrics): like for like with the plain loop.
 - ``sftl_generate_unmerged``: ``sftl_generate`` with ``merge_lora_for_generation`` off, i.e. the LoRA branches
   run beside the base weights at every decoding step (what the package did before folding LoRA into a
-  temporary copy of the weights, ``sft_lightning.merged_lora``).
+  temporary copy of the weights, ``sft_lightning.models.merged_lora``).
 - ``hf_generate``: the plain loop: tokenise the prompts of each batch of ``eval_batch_size`` questions (left
   padding), ``model.generate(do_sample=False, max_new_tokens=...)``, decode, ``parse_answers``, metrics.
 
@@ -63,7 +63,7 @@ class ValidationBench:
         import lightning as L
         import torch
 
-        from sft_lightning.data import SFTDataModule
+        from sft_lightning.data.datamodule import SFTDataModule
         from sft_lightning.module import SFTModule
 
         self.torch, self.L = torch, L
@@ -127,7 +127,7 @@ class ValidationBench:
 
     def sftl_generate(self, merged: bool = True) -> dict[str, Any]:
 
-        from sft_lightning.metrics import AnswerAccuracy, AnswerRate, parse_answers
+        from sft_lightning.evaluation.metrics import AnswerAccuracy, AnswerRate, parse_answers
 
         torch = self.torch
         module = self.module
@@ -163,8 +163,8 @@ class ValidationBench:
             self.module.hparams.merge_lora_for_generation = True
 
     def hf_generate(self) -> dict[str, Any]:
-        from sft_lightning.metrics import AnswerAccuracy, AnswerRate, parse_answers
-        from sft_lightning.prompt import format_prompt
+        from sft_lightning.data.prompt import format_prompt
+        from sft_lightning.evaluation.metrics import AnswerAccuracy, AnswerRate, parse_answers
 
         torch = self.torch
         model, tok = self.module.model, self.left_tokenizer

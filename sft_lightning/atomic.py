@@ -1,11 +1,6 @@
 """Writing files and directories atomically: a reader (or a crash) sees the old one or the whole new one.
 
-Every writer of ``sft_lightning`` goes through these two context managers (checkpoints, the
-exported adapter, the converted GGUF cache, predictions, the report figure). The recipe: write a
-temporary sibling in the same directory (same filesystem, so the rename is atomic; not the
-system temp directory, which may be another filesystem where a "move" is a copy), fsync what
-was written, ``os.replace`` it into place, then fsync the directory so the rename itself
-survives a power cut. ``atomic_file`` is the callback package's (``callbacks``), so there is one.
+Every writer of the package goes through here; the recipe and why: docs/design.md, "Checkpoint files".
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""Configuration errors: a value a user set is out of range. The CLI prints the message as one
-``error:`` line (exit 2), so the message names the key, the value, what is allowed and the fix.
+"""Configuration errors: a value a user set is out of range, printed by the CLI as one ``error:`` line (exit 2).
 
-``check`` is the one way constructors validate their arguments, so every key is reported alike:
-``model.lora_r must be >= 1, got 0. Fix: ...``.
+``check`` is the one way constructors validate their arguments, so every key is reported alike (key, value, allowed, fix).
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
-"""The training loss: cross-entropy over supervised (answer) tokens only, in fp32.
+"""The training loss: cross-entropy over supervised (answer) tokens only, from fp32 logits, the LM head only where a label is.
 
-Two things make it cheaper and safer than ``model(..., labels=...)``:
-- the LM head (576 x 49152 for SmolLM2, ~20% of the model's FLOPs) runs only on positions
-  that have a label, not on the prompt and the padding;
-- logits are upcast to fp32 before the softmax, so fp16/bf16 autocast never computes the
-  log-sum-exp of a 49k-way distribution in half precision.
-``supervised_loss_sum`` returns the *sum* and the token count; ``WindowTokenMean`` turns them into
-the mean over the supervised tokens of a whole accumulation window (across ranks under DDP).
-``per_sample_loss`` is the same loss kept apart per row, for diagnosing a bad batch, and
-``chunked_loss_sum`` the same sum over a large validation batch in row chunks.
+Why (cost and half precision): docs/design.md, "Architecture", the loss decision.
 """
 
 from __future__ import annotations
@@ -19,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sft_lightning.anatomy import causal_lm_parts
-from sft_lightning.batching import IGNORE_INDEX
+from sft_lightning.data.batching import IGNORE_INDEX
+from sft_lightning.models.anatomy import causal_lm_parts
 
 
 def supervised_loss_sum(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

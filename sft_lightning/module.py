@@ -1,9 +1,6 @@
 """SFTModule: a Hugging Face causal LM with a LoRA adapter, trained on answer tokens only.
 
-The base model is built in ``configure_model`` (not ``__init__``), so the CLI validates the
-config and the data before spending time or memory on weights. Checkpoints hold only the
-trainable (LoRA) parameters plus optimiser/scheduler/loop state: megabytes, not the frozen
-base, which is rebuilt from its source on resume.
+The base model loads in ``configure_model``, after the config and data are validated; checkpoints hold only the LoRA side.
 """
 
 from __future__ import annotations
@@ -26,25 +23,25 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
-from sft_lightning.anatomy import top_layers
-from sft_lightning.budget import find_time_budget
-from sft_lightning.compile import compile_decoder_layers, compile_pays, eager
+from sft_lightning.budget.schedule import lr_factor
+from sft_lightning.budget.throughput import TokenThroughput
+from sft_lightning.budget.time_budget import find_time_budget
+from sft_lightning.budget.validation_estimate import Ending, plan_final_validation
+from sft_lightning.cli.export import export_adapter
 from sft_lightning.errors import check, check_directory, finite
-from sft_lightning.export import export_adapter
-from sft_lightning.generation import CompletionHook, greedy_generate
+from sft_lightning.evaluation.generation import CompletionHook, greedy_generate
+from sft_lightning.evaluation.metrics import MAIN_VAL_SET, AnswerMetrics
+from sft_lightning.evaluation.predict import Prediction, make_predictions
+from sft_lightning.evaluation.scoring import finished_rows, score_outputs
+from sft_lightning.evaluation.val_samples import report_val_samples
 from sft_lightning.loss import WindowTokenMean, chunked_loss_sum, per_sample_loss, supervised_loss_sum
-from sft_lightning.merged_lora import merged_lora_weights
-from sft_lightning.metrics import MAIN_VAL_SET, AnswerMetrics
-from sft_lightning.models import EMBEDDED, ModelLoadError, load_model, load_tokenizer
+from sft_lightning.models.anatomy import top_layers
+from sft_lightning.models.compile import compile_decoder_layers, compile_pays, eager
+from sft_lightning.models.loading import EMBEDDED, ModelLoadError, load_model, load_tokenizer
+from sft_lightning.models.merged_lora import merged_lora_weights
+from sft_lightning.models.precision import base_dtype_for
 from sft_lightning.optim import clip_fused, clip_sharded, full_weights, fused_adamw_ok
-from sft_lightning.precision import base_dtype_for
-from sft_lightning.predict import Prediction, make_predictions
-from sft_lightning.schedule import lr_factor
-from sft_lightning.scoring import finished_rows, score_outputs
 from sft_lightning.tasks.base import Task
-from sft_lightning.throughput import TokenThroughput
-from sft_lightning.val_samples import report_val_samples
-from sft_lightning.validation_timing import Ending, plan_final_validation
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -57,31 +54,23 @@ class SFTModule(L.LightningModule):
         model: ``embedded``, ``tiny-random``, a ``.gguf`` file, a local HF directory or a hub id.
         cache_dir: where converted GGUF models are cached (default ``~/.cache/sft-lightning``).
         adapter: an exported peft adapter directory to start from (for ``validate``/further training).
-        base_dtype: dtype of the frozen base weights. ``auto`` follows the trainer's precision
-            (``sft_lightning.precision.base_dtype_for``: bf16 under a bf16 precision, else fp32); the
-            LoRA parameters are kept fp32 whatever this is.
-        attn_implementation: the model's attention kernel (None: transformers' default, SDPA).
-            ``eager`` trains faster on CPU with short sequences, where SDPA's CPU
-            flash-attention backward is the single most expensive op.
-        compile: ``torch.compile`` the decoder layers for training (see ``sft_lightning.compile``),
-            after a one-off compilation. ``auto`` compiles only where it was measured to pay for
-            itself (``compile_pays``: bf16 autocast on a CPU, and CUDA; not fp32 on a CPU).
-            Falls back to eager with a warning where no compiler is available.
+        base_dtype: dtype of the frozen base weights; ``auto``: bf16 under a bf16 precision, else fp32
+            (``models.precision.base_dtype_for``). LoRA parameters stay fp32 whatever this is.
+        attn_implementation: the attention kernel (None: transformers' default, SDPA); ``eager`` trains faster
+            on a CPU with short sequences, where SDPA's flash-attention backward is the most expensive op.
+        compile: ``torch.compile`` the decoder layers for training (eager with a warning where no compiler works);
+            ``auto`` only where it was measured to pay (``models.compile.compile_pays``: CUDA, bf16 on a CPU).
         lora_r / lora_alpha / lora_dropout / target_modules: the LoRA adapter.
-        lora_layers: LoRA only on the top N decoder layers (None: all). Backward then stops at the
-            lowest adapted layer, and the layers below run without autograd: fewer FLOPs per
-            step, where FLOPs are what limits a run (docs/learning.md has the measurements).
+        lora_layers: LoRA only on the top N decoder layers (None: all): backward stops at the lowest adapted
+            layer, fewer FLOPs per step (docs/learning.md).
         learning_rate / weight_decay: AdamW.
         warmup_ratio / min_lr_ratio: linear warmup over this share of steps, then cosine decay
             to ``min_lr_ratio * learning_rate``.
         max_new_tokens: generation budget per validation question.
-        calculator: let the task's generation hook write what it knows exactly; for unit conversion, the factor
-            from the unit table once a worked answer names its units and quantity (``ft to m: 6×``,
-            ``tasks/unit_conversion/factor_lookup.py``), and the exact value of a set-up (``6×0.305=<answer>``,
-            ``calculator.py``). False measures the model alone.
-        merge_lora_for_generation: fold the LoRA update into a temporary copy of the weights while
-            generating (``sft_lightning.merged_lora``): the same answers up to bf16 rounding, faster
-            decoding; the training weights are untouched.
+        calculator: let the task's generation hook write what it knows exactly (for unit conversion the table's
+            factor and the exact product: ``factor_lookup.py``, ``calculator.py``). False measures the model alone.
+        merge_lora_for_generation: fold the LoRA update into a temporary copy of the weights while generating
+            (``models.merged_lora``): the same answers up to bf16 rounding, faster; training weights untouched.
         relative_tolerance: accuracy tolerance (0.05 = within 5%).
         num_logged_samples: question/expected/output rows printed after each validation.
         export_dir_name: subdirectory of the run directory the adapter is exported to.
@@ -277,17 +266,21 @@ class SFTModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _schedule_progress(self) -> Callable[[int], float]:
-        """How far through training a step is, in [0, 1]: the elapsed share of a ``TimeBudget`` when the
-        trainer has one (the schedule then ends when the time does), else the share of the planned steps."""
+        """How far through training a step is, in [0, 1]: the share of the planned steps (``max_steps`` or
+        ``max_epochs``) or, with a ``TimeBudget``, the elapsed share of its time where that is further on, so the
+        schedule ends with whichever ends the run."""
         budget = find_time_budget(self._trainer)
-        if budget is not None:
-            return lambda step: budget.progress
         total = self.trainer.estimated_stepping_batches
+        if budget is not None:
+            if not math.isfinite(total):
+                return lambda step: budget.progress
+            total = max(1, int(total))
+            return lambda step: max(budget.progress, step / total)
         if not math.isfinite(total):
             raise ValueError(
                 "the learning-rate schedule needs to know when training ends, and this trainer never stops "
-                "(max_epochs -1 and no max_steps). Fix: set --trainer.max_steps or --trainer.max_epochs, or add the "
-                "sft_lightning.budget.TimeBudget callback to train for a wall-clock budget."
+                "(max_epochs -1 and no max_steps). Fix: set --trainer.max_steps or --trainer.max_epochs, or a "
+                "wall-clock budget with --budget.minutes N."
             )
         total = max(1, int(total))
         return lambda step: step / total
@@ -361,10 +354,10 @@ class SFTModule(L.LightningModule):
     def estimate_validation_seconds(self, max_seconds: float | None = None) -> float | None:
         """Seconds the next validation of every set will take, planned to fit ``max_seconds`` (for ``TimeBudget``).
 
-        Generation and the loss forward are timed on small batches (``sft_lightning.validation_timing``), as
+        Generation and the loss forward are timed on small batches (``sft_lightning.budget.validation_estimate``), as
         validation runs them (eval mode, the precision plugin's autocast, merged LoRA). Where the whole
         validation would take longer than ``max_seconds``, the data module's generated sets are cut
-        (``sft_lightning.validation_plan``; never below 100 questions, hand-written and user files whole).
+        (``sft_lightning.budget.validation_estimate``; never below 100 questions, hand-written and user files whole).
         None without an ``SFTDataModule``-like data module to ask.
         """
         datamodule = getattr(self._trainer, "datamodule", None)

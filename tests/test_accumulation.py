@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from sft_lightning.batching import Example, TrainCollator
+from sft_lightning.data.batching import Example, TrainCollator
 from sft_lightning.module import SFTModule
 
 

@@ -6,9 +6,9 @@ import pytest
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from sft_lightning import anatomy
-from sft_lightning.anatomy import causal_lm_parts
-from sft_lightning.tiny_model import build_tiny_llama
+from sft_lightning.models import anatomy
+from sft_lightning.models.anatomy import causal_lm_parts
+from sft_lightning.models.tiny import build_tiny_llama
 
 
 def test_decoder_layers_finds_the_llama_blocks() -> None:

@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 import safetensors.torch
 import torch
+from helpers.paths import REPO
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from sft_lightning.checkpoint_io import AtomicCheckpointIO
-from sft_lightning.cli import SFTLightningCLI
-from sft_lightning.data import SFTDataModule
-from sft_lightning.export import export_adapter
-from sft_lightning.models import load_model
+from sft_lightning.cli.checkpoint_io import AtomicCheckpointIO
+from sft_lightning.cli.export import export_adapter
+from sft_lightning.cli.main import SFTLightningCLI
+from sft_lightning.data.datamodule import SFTDataModule
+from sft_lightning.models.loading import load_model
 from sft_lightning.module import SFTModule
 
-REPO = Path(__file__).resolve().parents[1]
 REAL_TORCH_SAVE = torch.save
 
 

@@ -1,4 +1,4 @@
-"""Tests for sft_lightning.batching: collators and the length-grouped sampler."""
+"""Tests for sft_lightning.data.batching: collators and the length-grouped sampler."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import statistics
 import pytest
 import torch
 
-from sft_lightning.batching import IGNORE_INDEX, EvalCollator, Example, LengthGroupedSampler, TrainCollator
+from sft_lightning.data.batching import IGNORE_INDEX, EvalCollator, Example, LengthGroupedSampler, TrainCollator
 
 PAD = 0
 

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers.paths import REPO
 
 
 # ~40 s on 2 idle cores (worker processes each import torch/lightning/transformers); tiny model only, so
@@ -32,7 +31,7 @@ def test_harness_runs_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
         "--set", "data.max_length=256",  # the tiny model's tokenizer is one token per character
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     for name in ("hardware", "train_throughput", "validation_speed", "summary"):
@@ -70,7 +69,7 @@ def test_flop_formula_counts_frozen_body_head_and_lora() -> None:
     from peft import LoraConfig, get_peft_model
 
     from benchmarks.common import parameter_counts, useful_flops
-    from sft_lightning.tiny_model import build_tiny_llama
+    from sft_lightning.models.tiny import build_tiny_llama
 
     model = get_peft_model(build_tiny_llama(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     counts = parameter_counts(model)
@@ -128,7 +127,7 @@ def test_learning_comparison_runs_two_budgeted_arms_on_the_tiny_model(tmp_path: 
         "--data.train_size", "400", "--data.max_length", "256", "--data.eval_batch_size", "64",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     arms = {arm["arm"]: arm for arm in json.loads(results.read_text())["arms"]}
     assert set(arms) == {"worked", "bare"}

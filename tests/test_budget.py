@@ -18,11 +18,12 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from _cli_runs import SMOKE, run_cli
+from helpers.cli import run_cli
+from helpers.paths import SMOKE
 from lightning.pytorch.callbacks import Callback
 
-from sft_lightning.budget import BudgetError, TimeBudget
-from sft_lightning.schedule import lr_factor
+from sft_lightning.budget.schedule import lr_factor
+from sft_lightning.budget.time_budget import BudgetError, TimeBudget
 
 
 class FakeClock:
@@ -219,7 +220,7 @@ def test_fit_ends_within_its_budget_with_the_schedule_complete(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_an_interrupted_budget_run_resumes_with_the_time_left(tmp_path: Path) -> None:
-    stop = {"class_path": "test_resume.SignalAt", "init_args": {"signum": int(signal.SIGTERM), "step": 30}}
+    stop = {"class_path": "helpers.faults.SignalAt", "init_args": {"signum": int(signal.SIGTERM), "step": 30}}
     first = run_cli("fit", "--config", SMOKE, *BUDGET_ARGS, *budget_args(0.5), f"--trainer.callbacks+={json.dumps(stop)}", cwd=tmp_path)
     assert first.returncode == 143, first.stderr[-3000:]
     ckpt = torch.load(tmp_path / "runs" / "smoke" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)

@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import csv
 import math
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from helpers.cli import run_cli
+from helpers.paths import REPO
+from helpers.runs import read_metrics
 
-from sft_lightning.cli import main
+from sft_lightning.cli.main import main
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
-CLI = shutil.which("sft-lightning") or str(Path(sys.executable).parent / "sft-lightning")
-
-
-def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
@@ -52,13 +38,16 @@ def test_requested_defaults_in_configs() -> None:
 
 
 def test_unknown_config_key_is_reported(tmp_path: Path) -> None:
-    result = run_cli("fit", "--config", str(REPO / "configs" / "smoke.yaml"), "--model.lora_rank", "8", cwd=tmp_path)
+    result = run_cli(
+        "fit", "--config", str(REPO / "configs" / "smoke.yaml"), "--model.lora_rank", "8",
+        cwd=tmp_path, one_thread=False, tests_on_path=False,
+    )
     assert result.returncode != 0
     assert "lora_rank" in result.stderr
 
 
 def test_smoke_fit_then_validate_from_checkpoint_and_adapter(tmp_path: Path) -> None:
-    fit = run_cli("fit", "--config", str(REPO / "configs" / "smoke.yaml"), cwd=tmp_path)
+    fit = run_cli("fit", "--config", str(REPO / "configs" / "smoke.yaml"), cwd=tmp_path, one_thread=False, tests_on_path=False)
     assert fit.returncode == 0, fit.stderr[-3000:]
     run_dir = tmp_path / "runs" / "smoke" / "version_0"
     assert "==== sft-lightning fit summary ====" in fit.stdout
@@ -79,10 +68,14 @@ def test_smoke_fit_then_validate_from_checkpoint_and_adapter(tmp_path: Path) -> 
     adapter = run_dir / "adapter"
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
 
-    from_ckpt = run_cli("validate", "--config", str(REPO / "configs" / "smoke.yaml"), "--ckpt_path", str(ckpt_path), cwd=tmp_path)
+    from_ckpt = run_cli(
+        "validate", "--config", str(REPO / "configs" / "smoke.yaml"), "--ckpt_path", str(ckpt_path),
+        cwd=tmp_path, one_thread=False, tests_on_path=False,
+    )
     assert from_ckpt.returncode == 0, from_ckpt.stderr[-3000:]
     from_adapter = run_cli(
-        "validate", "--config", str(REPO / "configs" / "smoke.yaml"), "--model.adapter", str(adapter), cwd=tmp_path
+        "validate", "--config", str(REPO / "configs" / "smoke.yaml"), "--model.adapter", str(adapter),
+        cwd=tmp_path, one_thread=False, tests_on_path=False,
     )
     assert from_adapter.returncode == 0, from_adapter.stderr[-3000:]
 
@@ -97,28 +90,13 @@ def test_smoke_fit_then_validate_from_checkpoint_and_adapter(tmp_path: Path) -> 
 
 def test_fit_resumes_from_checkpoint(tmp_path: Path) -> None:
     config = str(REPO / "configs" / "smoke.yaml")
-    first = run_cli("fit", "--config", config, "--trainer.max_steps", "4", cwd=tmp_path)
+    first = run_cli("fit", "--config", config, "--trainer.max_steps", "4", cwd=tmp_path, one_thread=False, tests_on_path=False)
     assert first.returncode == 0, first.stderr[-3000:]
     ckpt = tmp_path / "runs" / "smoke" / "version_0" / "checkpoints" / "last.ckpt"
-    resumed = run_cli("fit", "--config", config, "--trainer.max_steps", "8", "--ckpt_path", str(ckpt), cwd=tmp_path)
+    resumed = run_cli(
+        "fit", "--config", config, "--trainer.max_steps", "8", "--ckpt_path", str(ckpt), cwd=tmp_path, one_thread=False, tests_on_path=False
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = torch.load(tmp_path / "runs" / "smoke" / "version_1" / "checkpoints" / "last.ckpt", weights_only=False)
     assert state["global_step"] == 8
 
-
-# A plain transformers + peft program: no sft_lightning import. The adapter's config names the
-# cached base model directory, which is all PeftModel needs.
-PLAIN_PEFT_LOAD = r"""
-import json, sys
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
-adapter = sys.argv[1]
-base_path = json.load(open(f"{adapter}/adapter_config.json"))["base_model_name_or_path"]
-base = AutoModelForCausalLM.from_pretrained(base_path)
-model = PeftModel.from_pretrained(base, adapter).eval()
-tok = AutoTokenizer.from_pretrained(adapter)
-prompt = "\nHow many meters are in 6 km?\n"  # sft_lightning.prompt.format_prompt's format
-ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
-out = model.generate(**ids, max_new_tokens=48, do_sample=False)  # room for a worked answer
-print(tok.decode(out[0, ids["input_ids"].shape[1]:]))
-"""

@@ -4,7 +4,7 @@ fix, a non-zero exit, no traceback, and (for bad data) no model loaded.
 Most cases call the CLI's ``main`` in this process (a console script start costs seconds of imports each); a few
 run the real console script, so that what a user's shell sees is covered too (``real_process=True``, and the
 checkpoint fixtures). "No model loaded" is checked with a probe, not guessed from timing: in this process
-``sft_lightning.module.load_model`` and ``sft_lightning.tiny_model.build_tiny_llama`` are wrapped; in a console
+``sft_lightning.module.load_model`` and ``sft_lightning.models.tiny.build_tiny_llama`` are wrapped; in a console
 script a ``sitecustomize`` on its PYTHONPATH wraps them the same way. Either prints ``PROBE_MARKER`` to stderr
 when called. A real fit through each (``test_the_probe_fires_on_a_model_load`` and the checkpoint fixture) is the
 positive control that the probe fires.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,15 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _cli_runs import run_main
+from helpers.cli import TRACEBACK, run_main
+from helpers.paths import CLI, SMOKE
 
+import sft_lightning.models.tiny
 import sft_lightning.module
-import sft_lightning.tiny_model
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = str(REPO / "configs" / "smoke.yaml")
-CLI = shutil.which("sft-lightning") or str(Path(sys.executable).parent / "sft-lightning")
-TRACEBACK = "Traceback (most recent call last)"
 PROBE_MARKER = "[cli-error-probe] base model load requested"
 
 PROBE_SITECUSTOMIZE = f'''
@@ -43,8 +39,8 @@ def _wrap(fn):
     return probed
 
 try:
-    import sft_lightning.models as _models
-    import sft_lightning.tiny_model as _tiny
+    import sft_lightning.models.loading as _models
+    import sft_lightning.models.tiny as _tiny
 except Exception as exc:  # never break the CLI; the tests then fail on the missing marker
     print(f"[cli-error-probe] not installed: {{exc!r}}", file=sys.stderr, flush=True)
 else:
@@ -101,7 +97,7 @@ def _run_here(cwd: Path, args: tuple[str, ...], capsys: pytest.CaptureFixture[st
     changes (Lightning's seed and rank variables) is put back."""
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(sft_lightning.module, "load_model", _probed(sft_lightning.module.load_model))
-    monkeypatch.setattr(sft_lightning.tiny_model, "build_tiny_llama", _probed(sft_lightning.tiny_model.build_tiny_llama))
+    monkeypatch.setattr(sft_lightning.models.tiny, "build_tiny_llama", _probed(sft_lightning.models.tiny.build_tiny_llama))
     environ = dict(os.environ)
     start = time.monotonic()
     try:

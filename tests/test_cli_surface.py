@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _cli_runs import SMOKE, TRACEBACK, memorised_run, run_main
+from helpers.cli import TRACEBACK, run_main
+from helpers.paths import SMOKE
+from helpers.runs import memorised_run
 
-from sft_lightning import ask, report
-from sft_lightning.cli import SFTLightningCLI
-from sft_lightning.data import SFTDataModule
+from sft_lightning.cli import ask, report
+from sft_lightning.cli.main import SFTLightningCLI
+from sft_lightning.data.datamodule import SFTDataModule
 from sft_lightning.module import SFTModule
 
 SUBCOMMANDS = ("fit", "validate", "predict")
@@ -40,6 +42,7 @@ SPECIAL = {
     "data.extra_val_files": "{mine: /no/such/file.jsonl}",
     "data.families": "[lenght]",
     "data.units": "{length: [kilometr]}",
+    "data.conventions": "{ton: imperial}",
     "data.task": "sft_lightning.tasks.NoSuchTask",
     "data.skip_list": "/no/such/skip_list.json",
     "trainer.default_root_dir": "/dev/null/runs",

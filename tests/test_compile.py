@@ -8,10 +8,10 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
-from sft_lightning import compile as sft_compile
 from sft_lightning import module as sft_module
+from sft_lightning.models import compile as sft_compile
+from sft_lightning.models.tiny import build_tiny_llama
 from sft_lightning.module import SFTModule
-from sft_lightning.tiny_model import build_tiny_llama
 
 
 def test_without_a_working_compiler_it_warns_and_stays_eager(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,5 +1,5 @@
 """Every accepted format, with numeric and text answers, read into the same records; each bad file is one error
-naming the file (``sft_lightning.data_files``, ``data_formats``)."""
+naming the file (``sft_lightning.data.files``, ``data_formats``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sft_lightning.records import DataError, QARecord, holdout_fraction, load_records
+from sft_lightning.data.records import DataError, QARecord, holdout_fraction, load_records
 
 SYSTEM = {"role": "system", "content": "Answer briefly."}
 
@@ -114,7 +114,7 @@ def test_held_out_share_is_bounded_and_seeded(n: int, held: int) -> None:
 
 
 def test_a_100000_record_file_holds_out_its_bounded_share(tmp_path: Path) -> None:
-    from sft_lightning.data import SFTDataModule
+    from sft_lightning.data.datamodule import SFTDataModule
 
     path = tmp_path / "big.jsonl"
     path.write_text("".join(f'{{"prompt": "{i} plus 1 is", "completion": "{i + 1}"}}\n' for i in range(100_000)))

@@ -9,14 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.paths import REPO
 
-from sft_lightning.data import SFTDataModule
-from sft_lightning.metrics import parse_answer
-from sft_lightning.models import TINY_RANDOM
-from sft_lightning.records import DataError, load_records
+from sft_lightning.data.datamodule import SFTDataModule
+from sft_lightning.data.records import DataError, load_records
+from sft_lightning.evaluation.metrics import parse_answer
+from sft_lightning.models.loading import TINY_RANDOM
 from sft_lightning.tasks.unit_conversion.generator import normalize_question
 
-REPO = Path(__file__).resolve().parents[1]
 HANDWRITTEN = REPO / "data" / "handwritten.jsonl"
 
 
@@ -101,7 +101,7 @@ def test_no_validation_question_is_trained_on(tmp_path: Path) -> None:
 
 
 def test_a_budget_cuts_only_the_generated_sets_and_loaders_follow(tmp_path) -> None:
-    from sft_lightning.data import SFTDataModule
+    from sft_lightning.data.datamodule import SFTDataModule
 
     hand = tmp_path / "hand.jsonl"
     hand.write_text("".join(f'{{"question": "How many grams are in {i} kg?", "answer": {i * 1000}}}\n' for i in range(1, 8)))
@@ -119,7 +119,7 @@ def test_a_budget_cuts_only_the_generated_sets_and_loaders_follow(tmp_path) -> N
 
 
 def test_a_users_files_are_never_cut(tmp_path) -> None:
-    from sft_lightning.data import SFTDataModule
+    from sft_lightning.data.datamodule import SFTDataModule
 
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(f'{{"question": "What is {i} plus {i}?", "answer": {2 * i}}}\n' for i in range(40)))

@@ -8,8 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from tests.test_resume import fit as smoke_fit
+from helpers.runs import smoke_fit
 
 
 @pytest.mark.slow

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import csv
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.cli import run_cli
+from helpers.paths import SMOKE
 from safetensors.torch import load_file
-
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = str(REPO / "configs" / "smoke.yaml")
-CLI = shutil.which("sft-lightning") or str(Path(sys.executable).parent / "sft-lightning")
 
 
 def fit(cwd: Path, *overrides: str) -> Path:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
-        [CLI, "fit", "--config", SMOKE, "--trainer.accelerator", "cpu", *overrides],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+    proc = run_cli(
+        "fit", "--config", SMOKE, "--trainer.accelerator", "cpu", *overrides,
+        cwd=cwd, timeout=600, one_thread=False, tests_on_path=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = cwd / "runs" / "smoke" / "version_0"

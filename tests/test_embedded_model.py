@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sft_lightning.models import cached_gguf_conversion, embedded_gguf_path, load_model, load_tokenizer
+from sft_lightning.models.loading import cached_gguf_conversion, embedded_gguf_path, load_model, load_tokenizer
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""SFTModule under FSDP (2 processes on CPU, gloo; the shim in ``tests/_strategies.py``): LoRA trains on sharded
+"""SFTModule under FSDP (2 processes on CPU, gloo; the shim in ``tests/helpers/strategies.py``): LoRA trains on sharded
 weights, clips by the global norm (Lightning refuses to), validates, checkpoints, and exports the same adapter
 as a DDP run of the same settings."""
 
@@ -10,12 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.runs import adapter_weights, read_metrics, smoke_fit
 
-from tests.test_cli import read_metrics
-from tests.test_resume import adapter_weights
-from tests.test_resume import fit as smoke_fit
-
-STRATEGIES = {"fsdp": json.dumps({"class_path": "_strategies.CPUFSDP"}), "ddp": "ddp"}
+STRATEGIES = {"fsdp": json.dumps({"class_path": "helpers.strategies.CPUFSDP"}), "ddp": "ddp"}
 
 
 def two_process_fit(cwd: Path, strategy: str) -> Path:

@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.paths import REPO
 
 from benchmarks import gpu
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_without_cuda_it_says_skipped_and_exits_0(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -49,7 +48,7 @@ def test_the_whole_check_runs_on_cpu_with_the_tiny_model(tmp_path: Path) -> None
         "--set", "data.eval_batch_size=8", "--out", str(out),
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["accelerator"] == "cpu" and result["passed"] is True

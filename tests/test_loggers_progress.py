@@ -11,10 +11,11 @@ import lightning.fabric.loggers.tensorboard as fabric_tensorboard
 import pytest
 import torch
 import yaml
-from _cli_runs import REPO, SMOKE, run_cli
+from helpers.cli import run_cli
+from helpers.paths import REPO, SMOKE
 
 from callbacks import GradientHealth
-from sft_lightning.cli import build_cli, main
+from sft_lightning.cli.main import build_cli, main
 
 HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 

@@ -1,4 +1,4 @@
-"""Tests for sft_lightning.loss and sft_lightning.generation on the tiny offline Llama.
+"""Tests for sft_lightning.loss and sft_lightning.evaluation.generation on the tiny offline Llama.
 
 The loss must equal Hugging Face's own causal-LM loss; greedy decoding of a left-padded batch
 must give exactly what ``model.generate`` gives for each prompt on its own.
@@ -12,11 +12,11 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from sft_lightning.batching import IGNORE_INDEX, Example, TrainCollator
-from sft_lightning.generation import greedy_generate
+from sft_lightning.data.batching import IGNORE_INDEX, Example, TrainCollator
+from sft_lightning.data.prompt import format_answer, format_prompt
+from sft_lightning.evaluation.generation import greedy_generate
 from sft_lightning.loss import supervised_loss_sum
-from sft_lightning.prompt import format_answer, format_prompt
-from sft_lightning.tiny_model import build_char_tokenizer, build_tiny_llama
+from sft_lightning.models.tiny import build_char_tokenizer, build_tiny_llama
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""Generation with LoRA folded into the weights (sft_lightning.merged_lora): the same answers as the
+"""Generation with LoRA folded into the weights (sft_lightning.models.merged_lora): the same answers as the
 unmerged model, and training that continues bit-for-bit as if nothing had been generated."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ import copy
 
 import torch
 
-from sft_lightning.batching import TrainCollator
-from sft_lightning.data import SFTDataModule
-from sft_lightning.generation import greedy_generate
+from sft_lightning.data.batching import TrainCollator
+from sft_lightning.data.datamodule import SFTDataModule
+from sft_lightning.evaluation.generation import greedy_generate
 from sft_lightning.loss import supervised_loss_sum
-from sft_lightning.merged_lora import merged_lora_weights
-from sft_lightning.models import TINY_RANDOM
+from sft_lightning.models.loading import TINY_RANDOM
+from sft_lightning.models.merged_lora import merged_lora_weights
 from sft_lightning.module import SFTModule
 
 

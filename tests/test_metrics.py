@@ -1,4 +1,4 @@
-"""Tests for sft_lightning.metrics: answer parsing and the accuracy / answer-rate metrics."""
+"""Tests for sft_lightning.evaluation.metrics: answer parsing and the accuracy / answer-rate metrics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchmetrics.utilities.data import dim_zero_sum
 
-from sft_lightning.metrics import AnswerAccuracy, AnswerRate, parse_answer, parse_answers
+from sft_lightning.evaluation.metrics import AnswerAccuracy, AnswerRate, parse_answer, parse_answers
 
 NAN = math.nan
 INF = math.inf

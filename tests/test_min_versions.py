@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import re
 import tomllib
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers.paths import REPO
 
 
 def _floors_in_pyproject() -> dict[str, str]:

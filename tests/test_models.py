@@ -1,4 +1,4 @@
-"""Tests for sft_lightning.models: naming a model, error messages, cache directory, tiny-random.
+"""Tests for sft_lightning.models.loading: naming a model, error messages, cache directory, tiny-random.
 
 The GGUF conversion itself (``cached_gguf_conversion``) is slow and covered elsewhere.
 """
@@ -12,8 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sft_lightning import models
-from sft_lightning.models import (
+from sft_lightning.data.prompt import format_answer, format_prompt
+from sft_lightning.models import loading as models
+from sft_lightning.models.loading import (
     EMBEDDED_GGUF_NAME,
     EMBEDDED_PACKAGE,
     ModelLoadError,
@@ -23,7 +24,6 @@ from sft_lightning.models import (
     load_tokenizer,
     resolve_source,
 )
-from sft_lightning.prompt import format_answer, format_prompt
 
 UNKNOWN_HUB_ID = "sft-lightning-tests/no-such-model-3f9a1c"
 
@@ -330,7 +330,7 @@ def test_tiny_random_dtype_and_determinism() -> None:
 
 
 def test_local_directory_round_trip_and_pad_token_defaults_to_eos(tmp_path: Path) -> None:
-    from sft_lightning.tiny_model import build_char_tokenizer, build_tiny_llama
+    from sft_lightning.models.tiny import build_char_tokenizer, build_tiny_llama
 
     model = build_tiny_llama(seed=5)
     tokenizer = build_char_tokenizer()

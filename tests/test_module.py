@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sft_lightning.models import ModelLoadError
+from sft_lightning.models.loading import ModelLoadError
 from sft_lightning.module import SFTModule
 
 
@@ -86,6 +86,6 @@ def test_more_lora_layers_than_the_model_has_adapts_all() -> None:
     ("precision", "device", "compiled"), [("bf16-mixed", "cpu", True), ("32-true", "cpu", False), ("16-mixed", "cuda", True)]
 )
 def test_compile_auto_compiles_only_where_it_pays(precision: str, device: str, compiled: bool) -> None:
-    from sft_lightning.compile import compile_pays
+    from sft_lightning.models.compile import compile_pays
 
     assert compile_pays((precision, device)) is compiled

@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins import MixedPrecision
 
-from sft_lightning.data import SFTDataModule
+from sft_lightning.data.datamodule import SFTDataModule
 from sft_lightning.module import SFTModule
 
 STEPS = 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sft_lightning.outlook import MeasuredRun, outlook_lines, read_runs
+from sft_lightning.budget.outlook import SHIPPED_RUNS, MeasuredRun, outlook_lines, read_runs
 
 RUNS = [
     MeasuredRun("cpu-avx512bf16", 15, 900, 750, 0.90),
@@ -33,7 +33,7 @@ def test_an_unmeasured_kind_or_budget() -> None:
 
 
 def test_the_shipped_results_file_reads() -> None:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "make_train.json"
+    path = SHIPPED_RUNS
     runs = read_runs(path, "handwritten")
     assert {run.kind for run in runs} >= {"cpu-avx2", "cpu-avx512bf16"}
     assert all(run.steps > 0 and 0 <= run.accuracy <= 1 for run in runs)

@@ -9,10 +9,11 @@ import re
 from pathlib import Path
 
 import pytest
-from _chat_model import save_chat_model
-from _cli_runs import REPO, run_cli
+from helpers.chat_model import save_chat_model
+from helpers.cli import run_cli
+from helpers.paths import REPO
 
-from sft_lightning.config_paths import resolve_config_paths
+from sft_lightning.cli.config_paths import resolve_config_paths
 
 OWN_DATA = str(REPO / "configs" / "own_data.yaml")
 FAST = ("--budget.minutes", "null", "--trainer.precision", "32-true", "--model.lora_layers", "null", "--data.max_length", "256")

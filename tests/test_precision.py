@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from helpers.paths import REPO, SMOKE
 
-import sft_lightning.cli as cli
-from sft_lightning.answering import answer_precision
-from sft_lightning.precision import (
+import sft_lightning.cli.main as cli
+from sft_lightning.evaluation.answering import answer_precision
+from sft_lightning.models.precision import (
     CpuFacts,
     base_dtype_for,
     choose_precision,
@@ -17,9 +16,6 @@ from sft_lightning.precision import (
     probe_cpu,
     slow_precision_warning,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = str(REPO / "configs" / "smoke.yaml")
 
 AMX = CpuFacts("AVX512", native_bf16=True, bf16_speedup=6.2)
 AVX512_BF16 = CpuFacts("AVX512", native_bf16=True, bf16_speedup=2.3)
@@ -122,7 +118,7 @@ def test_shipped_cpu_config_leaves_precision_to_the_machine() -> None:
 
 @pytest.mark.parametrize(("facts", "answered"), [(AVX2, "32-true"), (AVX512_BF16, "bf16-mixed")])
 def test_ask_answers_a_bf16_run_in_the_machines_precision(monkeypatch: pytest.MonkeyPatch, facts: CpuFacts, answered: str) -> None:
-    import sft_lightning.answering as answering
+    import sft_lightning.evaluation.answering as answering
 
     monkeypatch.setattr(answering, "probe_cpu", lambda: facts)
     precision, note = answer_precision("bf16-mixed", "cpu")
@@ -141,6 +137,6 @@ def test_ask_answers_a_bf16_run_in_the_machines_precision(monkeypatch: pytest.Mo
     ],
 )
 def test_cpu_kind(facts: CpuFacts, flags: set[str], kind: str) -> None:
-    from sft_lightning.precision import cpu_kind
+    from sft_lightning.models.precision import cpu_kind
 
     assert cpu_kind(facts, flags) == kind

@@ -1,6 +1,6 @@
 """`sft-lightning predict` and `sft-lightning ask` on a real trained run, as a user types them.
 
-One module-scoped run of the tiny offline model memorises TRAINED_QUESTION (see _cli_runs), so
+One module-scoped run of the tiny offline model memorises TRAINED_QUESTION (see helpers.runs), so
 the parsed number is checked exactly; for the other questions the printed number must be
 ``parse_answer`` of the printed raw text, and every route to the same weights (checkpoint,
 adapter, run directory; predict and ask) must produce the same text.
@@ -18,23 +18,35 @@ from pathlib import Path
 
 import pytest
 import torch
-from _cli_runs import (
-    REPO,
-    SMOKE,
-    TRAINED_ANSWER,
-    TRAINED_QUESTION,
-    assert_clean_error,
-    memorised_run,
-    run_cli,
-    run_main,
-)
-from test_cli import PLAIN_PEFT_LOAD, read_metrics
+from helpers.cli import assert_clean_error, run_cli, run_main
+from helpers.paths import REPO, SMOKE
+from helpers.runs import TRAINED_ANSWER, TRAINED_QUESTION, memorised_run, read_metrics
 
-from sft_lightning.metrics import parse_answer
-from sft_lightning.records import load_questions
+from sft_lightning.data.records import load_questions
+from sft_lightning.evaluation.metrics import parse_answer
 
 QUESTIONS_FILE = REPO / "docs" / "questions.txt"  # the example file of docs/usage.md
 QUESTIONS = [q.question for q in load_questions(QUESTIONS_FILE)]
+
+# A plain transformers + peft program: no sft_lightning import. The adapter's config names the
+# cached base model directory, which is all PeftModel needs.
+PLAIN_PEFT_LOAD = r"""
+import json, sys
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+adapter = sys.argv[1]
+base_path = json.load(open(f"{adapter}/adapter_config.json"))["base_model_name_or_path"]
+base = AutoModelForCausalLM.from_pretrained(base_path)
+model = PeftModel.from_pretrained(base, adapter).eval()
+tok = AutoTokenizer.from_pretrained(adapter)
+prompt = "\nHow many meters are in 6 km?\n"  # sft_lightning.data.prompt.format_prompt's format
+ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+out = model.generate(**ids, max_new_tokens=48, do_sample=False)  # room for a worked answer
+with model.disable_adapter():
+    untuned = model.generate(**ids, max_new_tokens=48, do_sample=False)
+n = ids["input_ids"].shape[1]
+print(json.dumps({"adapted": tok.decode(out[0, n:]), "untuned": tok.decode(untuned[0, n:])}))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -238,8 +250,8 @@ def test_readme_walkthrough_on_the_embedded_model(tmp_path: Path) -> None:
     embedded = str(REPO / "configs" / "embedded.yaml")
     fit = run_cli(
         "fit", "--config", embedded,
-        # 30 steps: at the config's 4e-3 (set for a budget's hundreds of steps) the answers' format has not settled yet
-        "--trainer.max_steps", "30", "--trainer.log_every_n_steps", "1", "--model.learning_rate", "0.002",
+        # 30 steps, the learning rate's warm-up and cosine decay spread over them (max_steps ends the run)
+        "--trainer.max_steps", "30", "--trainer.log_every_n_steps", "1",
         "--data.train_size", "240", "--data.val_size", "20", "--data.batch_size", "8",
         "--data.unseen_val_size", "0", "--data.extra_val_files", "null",
         cwd=tmp_path, timeout=900,
@@ -260,7 +272,10 @@ def test_readme_walkthrough_on_the_embedded_model(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert plain.returncode == 0, plain.stderr[-3000:]
-    assert "<answer>" in plain.stdout
+    # the adapter changes the answer into the trained worked format ("km to m: 6×..."); the factor is the model's
+    # own here, with no unit table, and 30 steps need not have learnt it
+    outputs = json.loads(plain.stdout.strip().splitlines()[-1])
+    assert outputs["adapted"] != outputs["untuned"] and " to m: " in outputs["adapted"], outputs
 
     ask = run_cli("ask", "How many feet are in 3 m?", "--adapter", str(run_dir / "adapter"), cwd=tmp_path, timeout=600)
     assert ask.returncode == 0, ask.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Tests for sft_lightning.prompt: the prompt/answer format and relative-precision numbers."""
+"""Tests for sft_lightning.data.prompt: the prompt/answer format and relative-precision numbers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from sft_lightning.metrics import parse_answer
-from sft_lightning.prompt import ANSWER_CLOSE, ANSWER_OPEN, format_answer, format_number, format_prompt
+from sft_lightning.data.prompt import ANSWER_CLOSE, ANSWER_OPEN, format_answer, format_number, format_prompt
+from sft_lightning.evaluation.metrics import parse_answer
 
 
 def test_format_prompt_exact_structure() -> None:

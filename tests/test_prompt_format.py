@@ -1,15 +1,15 @@
-"""The prompt format pair (``sft_lightning.prompt``): the chat template where the tokenizer has one, the loss on
+"""The prompt format pair (``sft_lightning.data.prompt``): the chat template where the tokenizer has one, the loss on
 every assistant turn and nowhere else, and the prompt generated from equal to the prompt trained on."""
 
 from __future__ import annotations
 
 import pytest
-from _chat_model import chat_tokenizer
+from helpers.chat_model import chat_tokenizer
 
-from sft_lightning.batching import IGNORE_INDEX, TrainCollator
-from sft_lightning.prompt import encode_segments, example_segments, format_prompt, prompt_segments, resolve_prompt_format
-from sft_lightning.records import DataError
-from sft_lightning.tiny_model import build_char_tokenizer
+from sft_lightning.data.batching import IGNORE_INDEX, TrainCollator
+from sft_lightning.data.prompt import encode_segments, example_segments, format_prompt, prompt_segments, resolve_prompt_format
+from sft_lightning.data.records import DataError
+from sft_lightning.models.tiny import build_char_tokenizer
 
 TURNS = [("system", "Be terse."), ("user", "Hi"), ("assistant", "Yo"), ("user", "2+2?")]
 
@@ -33,7 +33,7 @@ def test_multi_turn_loss_mask_on_exact_token_positions() -> None:
 
 
 def test_collated_labels_follow_the_mask() -> None:
-    from sft_lightning.batching import Example
+    from sft_lightning.data.batching import Example
 
     tokenizer = chat_tokenizer()
     (ids, trained), = encode_segments(tokenizer, [example_segments(TURNS, "4", "chat", tokenizer)])
@@ -73,7 +73,7 @@ def test_format_resolution() -> None:
 
 def test_the_unit_conversion_task_keeps_the_bare_prompt() -> None:
     from sft_lightning.tasks import OwnData, UnitConversion
-    from sft_lightning.tasks.from_flags import prompt_style
+    from sft_lightning.tasks.flags import prompt_style
 
     assert prompt_style(UnitConversion(train_size=4, val_size=2), "auto", chat_tokenizer(), "m") == "bare"
     assert prompt_style(UnitConversion(train_size=4, val_size=2), "chat", chat_tokenizer(), "m") == "chat"

@@ -12,8 +12,8 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from helpers.runs import MAX_STEPS, adapter_weights, smoke_fit
 from lightning.pytorch.callbacks import Callback
-from test_resume import MAX_STEPS, adapter_weights, fit
 
 LONG = 60.0  # what a phase that ignored the signal would still take, in seconds
 
@@ -57,7 +57,7 @@ def signal_in(phase: str, step: int, stamp: Path) -> str:
 @pytest.mark.parametrize(("phase", "step"), [("train_start", 0), ("validation", 4)])
 def test_sigterm_stops_within_seconds_outside_a_step(tmp_path: Path, phase: str, step: int) -> None:
     stamp = tmp_path / "signalled"
-    result = fit(tmp_path, signal_in(phase, step, stamp))
+    result = smoke_fit(tmp_path, signal_in(phase, step, stamp))
     stopped = time.time() - float(stamp.read_text())
     assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
     assert stopped < 5 + 3, f"exited {stopped:.1f} s after SIGTERM"  # + process teardown on a loaded machine
@@ -66,19 +66,19 @@ def test_sigterm_stops_within_seconds_outside_a_step(tmp_path: Path, phase: str,
 
 def test_a_step_stopped_before_its_update_is_trained_again_on_resume(tmp_path: Path) -> None:
     (tmp_path / "straight").mkdir()
-    reference = fit(tmp_path / "straight")
+    reference = smoke_fit(tmp_path / "straight")
     assert reference.returncode == 0, reference.stderr[-3000:]
     expected = adapter_weights(tmp_path / "straight" / "runs" / "smoke" / "version_0")
 
     stamp = tmp_path / "signalled"
-    cut = fit(tmp_path, signal_in("forward", 5, stamp))
+    cut = smoke_fit(tmp_path, signal_in("forward", 5, stamp))
     assert cut.returncode == 128 + signal.SIGTERM, cut.stderr[-3000:]
     assert time.time() - float(stamp.read_text()) < LONG / 2
     runs = tmp_path / "runs" / "smoke"
     ckpt = torch.load(runs / "version_0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 5  # the step in flight was dropped, not half-applied
 
-    final = fit(tmp_path, "--ckpt_path", "last")
+    final = smoke_fit(tmp_path, "--ckpt_path", "last")
     assert final.returncode == 0, final.stderr[-3000:]
     state = torch.load(runs / "version_1" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["global_step"] == MAX_STEPS

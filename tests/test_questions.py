@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sft_lightning.records import DataError, Question, load_questions
+from sft_lightning.data.records import DataError, Question, load_questions
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

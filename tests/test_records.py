@@ -1,4 +1,4 @@
-"""Tests for sft_lightning.records: loading and validating question/answer files."""
+"""Tests for sft_lightning.data.records: loading and validating question/answer files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sft_lightning.records import DataError, QARecord, holdout_split, load_records, make_record
+from sft_lightning.data.records import DataError, QARecord, holdout_split, load_records, make_record
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:

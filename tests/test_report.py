@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _cli_runs import SMOKE, assert_clean_error, run_cli, run_main
+from helpers.cli import assert_clean_error, run_cli, run_main
+from helpers.paths import SMOKE
 
-from sft_lightning.report import PANEL_TITLES, build_figure, load_run, summary_lines, write_report
-from sft_lightning.run_files import Mark, read_marks, read_metrics
+from sft_lightning.cli.report import PANEL_TITLES, build_figure, load_run, summary_lines, write_report
+from sft_lightning.cli.run_files import Mark, read_marks, read_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -22,7 +23,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TRIP_CONFIG = """
 trainer:
   callbacks:
-    - class_path: _faults.ForceLearningRate
+    - class_path: helpers.faults.ForceLearningRate
       init_args: {learning_rate: 1.0e+30}
     - class_path: callbacks.GradientHealth
       init_args: {on_nonfinite: rollback, skip_budget: 2}
@@ -184,7 +185,7 @@ def test_report_errors_are_one_clean_line(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_log_axis_labels_are_plain_numbers() -> None:
-    from sft_lightning.report import _log_label
+    from sft_lightning.cli.report import _log_label
 
     assert [_log_label(v) for v in (0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 7.0, 50.0, 1000.0)] == [
         "0.1", "0.2", "", "0.5", "1", "2", "", "50", "1000",

@@ -3,61 +3,14 @@ as an uninterrupted run: through the real CLI, plus the resumable train loader o
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
-import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
-from safetensors.torch import load_file
+from helpers.runs import MAX_STEPS, adapter_weights, interrupt_at, smoke_fit
 
-from sft_lightning.batching import LengthGroupedSampler, ResumableDataLoader
-
-REPO = Path(__file__).resolve().parents[1]
-CLI = shutil.which("sft-lightning") or str(Path(sys.executable).parent / "sft-lightning")
-# smoke.yaml has 64 training examples in batches of 8: 8 steps per epoch, so 12 steps end mid-epoch 1.
-MAX_STEPS = 12
-
-
-class SignalAt(Callback):
-    """Test-only: sends ``signum`` to its own process in the middle of the optimizer step that
-    follows ``step`` (gradients computed, update not yet applied): the worst moment to stop."""
-
-    def __init__(self, signum: int, step: int) -> None:
-        self.signum, self.step, self.sent = signum, step, False
-
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
-        if trainer.global_step == self.step and not self.sent:
-            self.sent = True
-            os.kill(os.getpid(), self.signum)
-
-
-def fit(cwd: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")])),
-    }
-    args = ["fit", "--config", str(REPO / "configs" / "smoke.yaml"), "--trainer.max_steps", str(MAX_STEPS)]
-    # Validation still runs every 4 steps (it shapes the loop state that is saved), but briefly.
-    args += ["--data.val_size", "4", "--model.max_new_tokens", "2", *extra]
-    return subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def adapter_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "adapter" / "adapter_model.safetensors")
-
-
-def interrupt_at(signum: signal.Signals, step: int) -> str:
-    callback = {"class_path": "test_resume.SignalAt", "init_args": {"signum": int(signum), "step": step}}
-    return f"--trainer.callbacks+={json.dumps(callback)}"
+from sft_lightning.data.batching import LengthGroupedSampler, ResumableDataLoader
 
 
 def assert_interrupted(result: subprocess.CompletedProcess, run_dir: Path, signum: signal.Signals, step: int) -> None:
@@ -71,18 +24,18 @@ def assert_interrupted(result: subprocess.CompletedProcess, run_dir: Path, signu
 def test_interrupted_fits_resume_to_the_uninterrupted_adapter(tmp_path: Path) -> None:
     """Ctrl+C mid-epoch 0, resume, SIGTERM mid-epoch 1, resume: the adapter of one straight run."""
     (tmp_path / "straight").mkdir()
-    reference = fit(tmp_path / "straight")
+    reference = smoke_fit(tmp_path / "straight")
     assert reference.returncode == 0, reference.stderr[-3000:]
     expected = adapter_weights(tmp_path / "straight" / "runs" / "smoke" / "version_0")
 
     runs = tmp_path / "runs" / "smoke"
-    assert_interrupted(fit(tmp_path, interrupt_at(signal.SIGINT, 5)), runs / "version_0", signal.SIGINT, 5)
-    again = fit(tmp_path, "--ckpt_path", "last", interrupt_at(signal.SIGTERM, 9))
+    assert_interrupted(smoke_fit(tmp_path, interrupt_at(signal.SIGINT, 5)), runs / "version_0", signal.SIGINT, 5)
+    again = smoke_fit(tmp_path, "--ckpt_path", "last", interrupt_at(signal.SIGTERM, 9))
     # Every run gets a new version_N; "last" is the newest checkpoint of any of them.
     assert f"resuming from {Path('runs/smoke/version_0/checkpoints/last.ckpt')}" in again.stderr
     assert_interrupted(again, runs / "version_1", signal.SIGTERM, 9)
 
-    final = fit(tmp_path, "--ckpt_path", "last")
+    final = smoke_fit(tmp_path, "--ckpt_path", "last")
     assert final.returncode == 0, final.stderr[-3000:]
     assert f"resuming from {Path('runs/smoke/version_1/checkpoints/last.ckpt')}" in final.stderr
     state = torch.load(runs / "version_2" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

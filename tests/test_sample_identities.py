@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from sft_lightning.batching import IGNORE_INDEX, Example, TrainCollator
-from sft_lightning.data import SFTDataModule
+from sft_lightning.data.batching import IGNORE_INDEX, Example, TrainCollator
+from sft_lightning.data.datamodule import SFTDataModule
+from sft_lightning.data.prompt import format_answer, format_prompt
+from sft_lightning.data.records import QARecord, load_records
 from sft_lightning.loss import per_sample_loss, supervised_loss_sum
-from sft_lightning.models import TINY_RANDOM
+from sft_lightning.models.loading import TINY_RANDOM
+from sft_lightning.models.tiny import build_char_tokenizer, build_tiny_llama
 from sft_lightning.module import SFTModule
-from sft_lightning.prompt import format_answer, format_prompt
-from sft_lightning.records import QARecord, load_records
-from sft_lightning.tiny_model import build_char_tokenizer, build_tiny_llama
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -30,8 +30,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 from callbacks import GradientHealth, NonFiniteTrainingError
 from callbacks.gradient_health import decide as dx
-from sft_lightning.batching import IGNORE_INDEX
-from sft_lightning.data import SFTDataModule
+from sft_lightning.data.batching import IGNORE_INDEX
+from sft_lightning.data.datamodule import SFTDataModule
 from sft_lightning.module import SFTModule
 
 pytestmark = pytest.mark.usefixtures("quiet_training")

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import torch
 import yaml
-
-from tests.test_resume import REPO, adapter_weights, interrupt_at
-from tests.test_resume import fit as resume_fit
+from helpers.paths import REPO
+from helpers.runs import adapter_weights, interrupt_at, smoke_fit
 
 POISONED = 5  # the record whose question holds the marker: its sample id (its index in the training file)
 
@@ -29,7 +28,7 @@ def _config(tmp_path: Path) -> str:
     """smoke.yaml, 32 records in batches of 8 (4 steps an epoch), GradientHealth skipping, the poison on."""
     config = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
     config["trainer"]["callbacks"][0]["init_args"]["on_nonfinite"] = "skip"
-    config["trainer"]["callbacks"].append({"class_path": "_faults.PoisonMarkedRows"})
+    config["trainer"]["callbacks"].append({"class_path": "helpers.faults.PoisonMarkedRows"})
     train, val = _data(tmp_path)
     config["data"] = {**config["data"], "train_file": train, "val_file": val}
     path = tmp_path / "poisoned.yaml"
@@ -39,7 +38,7 @@ def _config(tmp_path: Path) -> str:
 
 def fit(cwd: Path, config: str, *extra: str):
     cwd.mkdir(parents=True, exist_ok=True)
-    return resume_fit(cwd, "--config", config, *extra)
+    return smoke_fit(cwd, "--config", config, *extra)
 
 
 def _skips(run_dir: Path) -> float:

@@ -1,5 +1,5 @@
 """Text answers: normalised exact match for accuracy, non-empty and finished outputs for the answer rate; numbers
-as before; ``predict`` and ``ask`` show a text answer as text (``sft_lightning.scoring``, ``metrics``)."""
+as before; ``predict`` and ``ask`` show a text answer as text (``sft_lightning.evaluation.scoring``, ``metrics``)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sft_lightning.ask import print_answers
-from sft_lightning.metrics import AnswerMetrics, normalize_answer, parse_final_number
-from sft_lightning.predict import make_predictions, print_predictions
-from sft_lightning.scoring import finished_rows, score_outputs
+from sft_lightning.cli.ask import print_answers
+from sft_lightning.evaluation.metrics import AnswerMetrics, normalize_answer, parse_final_number
+from sft_lightning.evaluation.predict import make_predictions, print_predictions
+from sft_lightning.evaluation.scoring import finished_rows, score_outputs
 from sft_lightning.tasks.base import Task
 from sft_lightning.tasks.own_data import OwnData
 

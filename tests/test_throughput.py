@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sft_lightning.throughput import TokenThroughput
+from sft_lightning.budget.throughput import TokenThroughput
 
 
 class FakeClock:

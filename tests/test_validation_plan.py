@@ -7,21 +7,26 @@ import math
 import pytest
 import torch
 
-from sft_lightning.anatomy import causal_lm_parts
-from sft_lightning.batching import EvalCollator, Example
-from sft_lightning.generation import greedy_generate
-from sft_lightning.loss import chunked_loss_sum, supervised_loss_sum
-from sft_lightning.tiny_model import build_tiny_llama
-from sft_lightning.validation_plan import (
+from sft_lightning.budget.validation_estimate import (
     MIN_GENERATED_QUESTIONS,
+    Ending,
     Shape,
+    StepClock,
     ValidationCost,
+    answer_lengths,
     cycled,
+    generated_steps,
     loss_tokens,
+    measure_validation_cost,
     plan_validation,
+    spread,
     wilson_interval,
 )
-from sft_lightning.validation_timing import Ending, StepClock, answer_lengths, generated_steps, measure_validation_cost, spread
+from sft_lightning.data.batching import EvalCollator, Example
+from sft_lightning.evaluation.generation import greedy_generate
+from sft_lightning.loss import chunked_loss_sum, supervised_loss_sum
+from sft_lightning.models.anatomy import causal_lm_parts
+from sft_lightning.models.tiny import build_tiny_llama
 
 
 def test_the_fit_recovers_the_constants_from_timed_steps() -> None:

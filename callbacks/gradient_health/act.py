@@ -1,14 +1,6 @@
-"""Act: abort, skip or roll back - the same action at the same step on every rank.
+"""Act: abort, skip or roll back - the same action at the same step on every rank; the scheduler hold; the skip list.
 
-Without a scaler the update has not happened yet at ``on_before_optimizer_step``: skip and rollback set every
-``.grad`` to ``None``, so torch optimisers leave weights and state alone (a GradScaler that found inf skips
-``step()`` anyway). Rollback restores the last good in-memory snapshot at ``on_train_batch_end``, which runs before
-ModelCheckpoint's; an optimiser outside ``torch.optim`` that may not honour ``grad=None`` gets its step undone
-there from a snapshot taken before it. Abort raises :class:`~.errors.NonFiniteTrainingError`.
-
-Hold the LR schedule on a step the GradScaler skipped (opt-in: ``hold_scheduler_on_scaler_skip=True``).
-
-The skip list: every sample a trip named (a skip, a rollback, a spike, an abort), kept so it stays out.
+How a step is undone, and why there: docs/design.md, "GradientHealth: undoing a step".
 """
 
 from __future__ import annotations

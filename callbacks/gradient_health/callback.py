@@ -1,12 +1,6 @@
 """GradientHealth: stop, skip or roll back a run whose loss, gradients or weights go non-finite (or spike).
 
-A run whose gradients go NaN should not grind on for hours logging ``grad_norm: nan``. This class only wires
-Lightning's hooks to the steps of the per-step pass, each a module of this package: :mod:`.measure` (one norm pass
-over the gradients, one over the weights, one host sync, one all-reduce), :mod:`.decide` and :mod:`.spikes` (pure),
-then on a trip :mod:`.replay` (where it started), :mod:`.report` (the message and the JSON report) and :mod:`.act`
-(abort, drop the update, or restore the last good snapshot) - identically on every rank.
-
-Which hook does what, and why there: docs/callback.md, "How it works".
+It only wires Lightning's hooks to the per-step pass (measure, decide, act; replay and report on a trip): docs/callback.md.
 """
 
 from __future__ import annotations
@@ -42,16 +36,11 @@ log = logging.getLogger(__package__)
 
 
 class GradientHealth(PublicState, Callback):
-    r"""Detect non-finite loss, gradients, weights and target-less batches; say where they started; abort, skip
-    or roll back.
+    r"""Detect non-finite loss, gradients, weights and target-less batches; say where they started; act.
 
     Args:
-        on_nonfinite: ``"abort"`` raises :class:`NonFiniteTrainingError`; ``"skip"`` drops the offending update
-            so the optimiser never sees it; ``"rollback"`` restores the last good in-memory snapshot of trainable
-            parameters, optimiser state and buffers, and drops the offending batch. Every trip puts back the
-            buffers and carried attributes the step's forward changed; after a skip or rollback the module's
-            ``reset_state()``, if it has one, is called. Skip and rollback abort once ``skip_budget`` is spent,
-            and whenever they cannot help (see below).
+        on_nonfinite: ``"abort"`` raises :class:`NonFiniteTrainingError`; ``"skip"`` drops the update; ``"rollback"``
+            restores the last good in-memory snapshot and drops the batch; both abort once ``skip_budget`` is spent.
         max_consecutive_skipped: under a GradScaler, how many consecutive overflow steps the scaler may skip;
             the next consecutive overflow aborts (0: every overflow is fatal).
         min_loss_scale: under a GradScaler, a loss scale below this floor is fatal.
@@ -61,35 +50,26 @@ class GradientHealth(PublicState, Callback):
             disables the check, and so does a batch without it (quietly: debug log, ``label_check`` in reports).
         ignore_index: target value that is not supervised.
         report_dir: where to write the JSON report; default ``trainer.log_dir`` or ``trainer.default_root_dir``.
-        snapshot_every_n_steps: rollback snapshot cadence (in optimiser steps). A snapshot copies the trainable
-            parameters and their optimiser state (cheap for LoRA; for full fine-tuning raise this or use
-            ``snapshot_device="cpu"``). Only used with ``on_nonfinite="rollback"``.
+        snapshot_every_n_steps: rollback snapshot cadence in optimiser steps (a copy of the trainable parameters and
+            their optimiser state: cheap for LoRA; for full fine-tuning raise it or use ``snapshot_device="cpu"``).
         snapshot_device: keep rollback snapshots on this device (e.g. ``"cpu"`` to spare accelerator memory, at
             the price of a blocking device-to-host copy per snapshot); ``None`` keeps them next to the parameters.
         warn_on_setup: at fit start, warn about set-ups known to go non-finite (fp16 trainable weights under AMP,
             fp16 without a loss scaler, clipping the precision plugin refuses, a first batch without targets).
         prog_bar: also show ``grad_health/grad_norm`` on the progress bar (the other keys go to the logger only).
-        replay_on_trip: on a trip caused by a non-finite loss or gradient, replay the offending batch once with
-            temporary hooks on every submodule and name the first module (forward or backward) whose output went
-            non-finite. Costs one forward and backward per trip, nothing on healthy steps.
-        sample_id_key: batch key/attribute holding per-row sample identities (e.g. dataset indices), listed in
-            the report of a trip; ``None`` disables. The module (or datamodule) may also define
-            ``per_sample_loss(batch) -> Tensor[B]`` (to find the rows whose loss is non-finite) and
-            ``describe_samples(ids) -> list[str]`` (to name the records).
-        on_spike: a *finite* loss or pre-clip gradient norm far above its recent robust level (:mod:`.spikes`):
-            ``None`` (off), ``"warn"``, ``"skip"``, ``"rollback"`` (as for non-finite; spending ``skip_budget``) or
-            ``"abort"`` (:class:`TrainingSpikeError`); judged before the step from the values already read back.
+        replay_on_trip: on a non-finite loss or gradient, replay the batch once with hooks and name the first module
+            whose output (forward or backward) went non-finite; one forward and backward per trip, nothing otherwise.
+        sample_id_key: batch key/attribute of per-row sample identities, listed in a trip's report (``None``: off);
+            the module may define ``per_sample_loss(batch)`` and ``describe_samples(ids)`` (docs/callback.md).
+        on_spike: a *finite* loss or pre-clip gradient norm far above its robust level: ``None`` (off), ``"warn"``,
+            ``"skip"``, ``"rollback"`` (spending ``skip_budget``) or ``"abort"`` (:class:`TrainingSpikeError`).
         spike_threshold / spike_window / spike_min_history: robust sigmas (1.4826 * MAD of log values) above the
             median of the last ``spike_window`` healthy steps that make a spike; none before ``spike_min_history``.
         hold_scheduler_on_scaler_skip: on a step the GradScaler skipped, undo the step-interval LR schedulers'
-            ``step()`` that Lightning still makes (Lightning issue #18828): the schedule follows the updates made.
+            ``step()`` that Lightning still makes, so the schedule follows the updates made.
 
-    Skip/rollback cannot help, and abort, when: the scaler's back-off persisted (``max_consecutive_skipped`` /
-    ``min_loss_scale``); ``skip`` meets weights that are already non-finite; ``rollback`` has no snapshot yet and
-    the weights are non-finite.
-
-    Logged on the steps Lightning writes logs: ``grad_health/grad_norm`` (the interval's largest pre-clip, unscaled
-    total norm; per optimiser too when there are several) and the counters; the keys: docs/callback.md.
+    Skip and rollback also abort when they cannot help: a persistent scaler back-off, ``skip`` on weights already
+    non-finite, ``rollback`` without a snapshot. Logged: ``grad_health/grad_norm`` and the counters (docs/callback.md).
     """
 
     def __init__(
@@ -170,11 +150,6 @@ class GradientHealth(PublicState, Callback):
             on_nonfinite=self.on_nonfinite, label_key=self.label_key, report_dir=self.report_dir
         )
 
-    @property
-    def _legacy_state_key(self) -> str:  # type: ignore[override]
-        """Checkpoints written before ``state_key`` existed keep this callback's state under its class name."""
-        return type(self).__qualname__
-
     # ------------------------------------------------------------------ lifecycle
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
@@ -240,8 +215,7 @@ class GradientHealth(PublicState, Callback):
 
     # ------------------------------------------------------------------ per optimiser step: measure, decide, act
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer) -> None:
-        """Runs after AMP unscaling and before gradient clipping: gradients here are what the optimiser would use
-        (pre-clip). Without a scaler the update has not happened yet, so it can still be dropped."""
+        """After AMP unscaling, before clipping: the gradients the optimiser would use; the update can still be dropped."""
         step = trainer.global_step
         trainable = self._meter.trainable(optimizer, pl_module)
         buffers = self._start.changed_floating() if self._start.open else []
@@ -278,8 +252,7 @@ class GradientHealth(PublicState, Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer, trainable: Trainable,
         decision: dx.Decision, measured: Measured,
     ) -> None:
-        """Put back what the step's forward changed, say where it started, report, then abort (raises) or drop
-        this update (skip / rollback)."""
+        """Put back what the step's forward changed, say where it started, report, then abort or drop this update."""
         context = {**measured.context(), **self._put_back_step_start(pl_module)}
         provenance = self._provenance(trainer, pl_module, decision)  # replays from the state the step started from
         restore_all = decision.params_poisoned  # weights already broken: every optimiser's weights may be
@@ -290,13 +263,12 @@ class GradientHealth(PublicState, Callback):
         self._after_recovery(pl_module)
 
     def _put_back_step_start(self, pl_module: pl.LightningModule) -> dict[str, Any]:
-        """Buffers and carried attributes back to their values before the step's forward (what is kept in memory,
-        replayed and saved is then what the step started from); the report names the non-finite attributes."""
+        """Buffers and carried attributes back to before the step's forward; the report names the non-finite ones."""
         attributes = self._start.restore(pl_module)
         return {"nonfinite_attributes": attributes} if attributes else {}
 
     def _after_recovery(self, pl_module: pl.LightningModule) -> None:
-        """Skip or rollback done: the module's ``reset_state()``, when it has one, resets state it carries itself."""
+        """Skip or rollback done: the module's ``reset_state()``, if any, resets state it carries itself."""
         reset = getattr(pl_module, "reset_state", None)
         if callable(reset):
             reset()
@@ -320,8 +292,7 @@ class GradientHealth(PublicState, Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        # runs before ModelCheckpoint.on_train_batch_end (Lightning orders checkpoint callbacks last), and after
-        # Lightning stepped the step-interval LR schedulers: a held schedule is put back here
+        # before ModelCheckpoint's (checkpoint callbacks run last), after Lightning stepped the LR schedulers
         self._hold.release()
         self._recovery.restore_pending(pl_module)
         self._meter.check_updates()
@@ -351,8 +322,7 @@ class GradientHealth(PublicState, Callback):
 
     # ------------------------------------------------------------------ where it started, which samples
     def _provenance(self, trainer: pl.Trainer, pl_module: pl.LightningModule, decision: dx.Decision) -> Provenance | None:
-        """``None`` when this kind of trip has nothing to replay (broken weights, a batch without targets) or
-        replay is off; otherwise the replay's answer, with the samples that carried the non-finite values."""
+        """The replay's answer with the samples that carried it; ``None`` when off or nothing to replay."""
         if not (self.replay_on_trip and dx.replayable(decision)):
             return None
         return trace(trainer, pl_module, self._meter.window, self.sample_id_key)
@@ -362,9 +332,7 @@ class GradientHealth(PublicState, Callback):
         self, trainer: pl.Trainer, optimizer: Optimizer | None, decision: dx.Decision, context: dict[str, Any], where: str,
         has_snapshot: bool, provenance: Provenance | None = None, mode: str | None = None,
     ) -> str:
-        """Pick the action, count, write the report, and raise on abort. Returns "skip", "rollback" or "warn".
-
-        ``mode``: ``on_nonfinite`` (default) or, for a spike, ``on_spike``."""
+        """Pick the action (by ``mode``: ``on_nonfinite`` or ``on_spike``), count, report; raise on abort, else return it."""
         assert decision.diagnosis is not None
         mode = mode or self.on_nonfinite
         if self._targets.off_reason is not None:
@@ -425,8 +393,7 @@ class GradientHealth(PublicState, Callback):
         return gather_views(own_view(trainer.global_rank, local, provenance, context.get("loss"), context.get("grad_norm", math.nan), report))
 
     def _trip_outside_step(self, trainer: pl.Trainer, where: str, names: list[str] | None = None) -> None:
-        """State found non-finite outside a step (train end, checkpoint: ``names``, when only buffers or optimiser
-        state are): abort, or roll back every optimiser."""
+        """State found non-finite outside a step (train end, checkpoint): abort, or roll back every optimiser."""
         decision = dx.Decision(dx.Verdict.TRIP, dx.D_STATE if names else dx.D_PARAMS_AFTER, params_poisoned=True)
         trainables = self._meter.trainables
         restorable = self._recovery.restorable(trainer, list(trainables))
@@ -445,13 +412,10 @@ class GradientHealth(PublicState, Callback):
         self._meter.forget_updates()  # repaired: the weights of the last updates were put back
 
     def _checkpoint_guard(self, module: torch.nn.Module, prefix: str, keep_vars: bool) -> None:
-        """state_dict pre-hook: refuse to serialise non-finite state during fit (every floating parameter, buffer
-        and optimiser state tensor); on rollback, restore the last good snapshot first, so that is what is saved.
+        """state_dict pre-hook: no non-finite state is serialised during fit (on rollback the last good snapshot is).
 
-        A pre-hook (not ``on_save_checkpoint``) because Lightning skips callback hooks for weights-only
-        checkpoints, and because it runs before the checkpoint dict is built. Local check only (no collective):
-        state_dict may legitimately be called on one rank. Not under FSDP, whose own state_dict hooks re-point the
-        parameters at gathered storage: there every step's weight checks stand.
+        A pre-hook because Lightning skips callback hooks for weights-only checkpoints; local only (state_dict may
+        run on one rank); not under FSDP, whose hooks re-point parameters at gathered storage.
         """
         trainer = self._trainer_ref() if self._trainer_ref is not None else None
         if trainer is None or trainer.state.fn != TrainerFn.FITTING or self._meter.sharded:

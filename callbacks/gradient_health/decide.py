@@ -1,8 +1,6 @@
-"""Decide: the NaN decision, pure.
+"""Decide: whether a step is healthy, a loss-scaler back-off or a trip, with its diagnosis and action, as plain Python.
 
-Whether an optimiser step is healthy, a normal loss-scaler back-off, or a trip - which diagnosis names it, and
-what to do about it - is decided here, as plain host-side Python over numbers that were already all-reduced.
-Nothing in this module touches tensors, so the rules can be read (and tested by table) in one place.
+Nothing here touches tensors (the numbers were already all-reduced), so the rules read, and test by table, in one place.
 """
 
 from __future__ import annotations

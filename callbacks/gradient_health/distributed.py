@@ -1,11 +1,5 @@
-"""What a sharded strategy changes for the health check: which strategies shard, how many ranks hold each element
-of a tensor (so that the ranks' summed squares are the unsharded norm's square), and how a replay runs through them.
-
-FSDP (``FSDPStrategy``) keeps flat shards: every element of a parameter lives on exactly one rank. FSDP2
-(``ModelParallelStrategy``) keeps DTensors: an element lives on every rank of the dimensions its placement
-replicates over, and on every rank outside its mesh; a plain tensor there is a full copy on every rank.
-
-Which rank carried a trip: every rank's own view of the step, gathered when (and only when) a step trips.
+"""What ranks and shards change: which strategies shard, on how many ranks each element lives (so the ranks' summed squares
+are the unsharded norm's square), a replay through them, and which rank carried a trip (gathered only when a step trips).
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
 """Measure: the state of one optimiser step, gathered on the device and read back once.
 
-Per micro-batch only references are kept (the loss as backward saw it, the "no supervised tokens" flag). At the
-optimiser step one fused norm pass over the gradients, one over the weights that have them (and one over the
-buffers the step changed), one stack and one ``.tolist()`` turn them into a :class:`Measured`; the flags are
-judged on the host from those numbers. Under several ranks the flags are formed on the device instead and travel
-in one all-reduce (SUM) with the loss and the norm, so every rank decides on the same numbers.
+One fused norm pass over the gradients and one over the weights, one stack, one ``.tolist()``; one all-reduce under several ranks.
 """
 
 from __future__ import annotations

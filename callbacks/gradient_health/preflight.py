@@ -1,13 +1,6 @@
-"""Preflight: what is refused at setup and warned at fit start, each naming the fix.
+"""Preflight: what is refused at setup and warned at fit start, each naming the fix; the argument checks and the exceptions.
 
-Each warning rule is a small function over plain facts (precision string, dtypes, clip value, optimiser flags), so
-the rules can be read and tested without a Trainer; :func:`trainer_facts` gathers the facts from a real one.
-DeepSpeed is refused: it owns the gradients and the step. :class:`TargetCheck` is the per-batch
-"no supervised tokens" flag.
-
-The exceptions users catch, and the argument checks that raise the first one.
-
-One rule for "is a loss scaler active?", shared by the callback and by modules that choose their optimiser.
+Each warning rule is a small function over plain facts (``trainer_facts`` gathers them), so it reads and tests without a Trainer.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""The answer of a replay: where the first non-finite value appeared, in words a trip message can quote.
-
-Kept apart from the replay itself so that the report can read an answer without knowing how it was found.
-
-The hooks of one replay: forward hooks on every submodule, gradient hooks on what they produce and consume.
+"""The answer of a replay (``Provenance``: where the first non-finite value appeared, in words a trip message can quote)
+and the hooks that find it (``Tracer``), kept apart so that the report reads an answer without knowing how it was found.
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
-"""Replay: where a non-finite value started, found by running the failing batch once more with hooks.
+"""Replay: where a non-finite value started, found by running the failing batch once more with hooks (after a trip only).
 
-Runs only after a trip, so healthy steps pay nothing. The replay goes through the module's own ``training_step``
-under the trainer's precision context, on the weights the step failed with, with the loss multiplier the trainer
-used, and then puts back everything it could have touched (RNG streams, buffers, attributes that
-``training_step`` rebinds; ``.grad`` is never written because the backward is ``torch.autograd.grad``). It issues
-no collective: ``self.log`` is silenced and the DDP wrapper is bypassed, so under DDP each rank replays its own
-batch while the decision stays collective.
-
-What it names: a non-finite value already in the batch (key and rows); else what the :class:`~.tracer.Tracer`
-hooks saw (a forward output, a loss that turns non-finite after every module output was finite, a backward);
-else nothing: the replay was finite, a transient fault. Then which samples carried it. For a finite spike there is
-no replay with hooks: :func:`spike_samples` asks the module's ``per_sample_loss`` which rows carried the loss.
+What it puts back, and why it issues no collective: docs/design.md, "GradientHealth: replay"; what it names: docs/callback.md.
 """
 
 from __future__ import annotations

@@ -1,12 +1,5 @@
-"""Report: what a user reads about a trip - the one-line message with its fix, and ``grad_health_report.json``.
-
-The report is one strict-JSON file per rank in the run directory, rewritten atomically on every trip: a run that
-trips is often killed right after, and a half-written report is worse than none, so the file is written to a
-temporary name in the same directory and moved into place with ``os.replace``.
-
-The names other code reads: the logged metric keys and the report file name.
-
-What is logged between two log points: the largest gradient norm of the interval (total and per module).
+"""Report: what a user reads about a trip - the one-line message with its fix and ``grad_health_report.json`` (strict JSON,
+one per rank, rewritten atomically on every trip) - plus the logged keys and each log interval's largest norms.
 """
 
 from __future__ import annotations

@@ -1,10 +1,5 @@
-"""What skip and rollback put back: trainable parameters with their optimiser state (a :class:`Snapshot`), and the
-module's state outside the optimiser as it was before the step's first forward (a :class:`StepStart`): the buffers
-a training step changes (BatchNorm statistics) and the tensors the module carries in its own attributes.
-
-Only ``optimizer.state`` (per-parameter moments, step counters) is captured - never ``param_groups``: learning
-rates belong to the LR scheduler, which keeps advancing, and restoring an old ``lr`` would desynchronise
-chainable schedulers.
+"""What skip and rollback put back: trainable parameters with their optimiser state (``Snapshot``), and the buffers and
+carried attributes as they were before the step's first forward (``StepStart``). Why not ``param_groups``: docs/design.md.
 """
 
 from __future__ import annotations

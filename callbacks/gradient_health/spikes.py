@@ -1,37 +1,5 @@
-"""Spikes: a finite loss or gradient norm far above its recent robust level, decided before the step, pure.
-
-The statistic, over ``log(value)`` of the last ``window`` healthy steps (oldest first):
-
-* **level**: the median of the last ``LEVEL_STEPS`` (16) log values;
-* **noise**: ``sigma = 1.4826 * MAD(d) / sqrt(2)``, ``d`` the step-to-step differences of the log values over the
-  whole window, MAD the median absolute deviation; floored at ``SIGMA_FLOOR`` (0.05, i.e. 5%);
-* **spike**: ``log(value) - level > threshold * sigma`` (default 7 robust sigmas), judged once the history holds
-  ``min_history`` (20) values. Only upward deviations count; a spike step is not added to the history.
-
-Why these:
-
-* **log values**: losses and gradient norms are positive and vary multiplicatively (a norm that doubles is the
-  same event at 0.1 and at 10), and spikes are orders of magnitude; one threshold then fits every scale.
-* **median / MAD, not mean / standard deviation** (OLMo-core's SkipStepOptimizer uses 6 standard deviations over
-  the last 128 steps): an earlier spike or a heavy tail inflates a standard deviation for a whole window and hides
-  the next spike; a median and a MAD move by at most one rank per outlier. ``1.4826 * MAD`` estimates the standard
-  deviation of Gaussian noise, so ``threshold`` reads as "robust sigmas".
-* **a short level and a noise from differences**: training is not stationary (a loss falling 100x in the first
-  hundred steps, a norm rising through warm-up). A median and MAD of the values over 128 steps would take the
-  trend for noise: right after such a phase the MAD is large and a 10x spike goes unseen (the two rules compared on
-  injected spikes: ``benchmarks/spike_false_alarms.py``, results in ``docs/callback.md``). Differences cancel a trend (it only
-  shifts their median), so the MAD of the differences is the step-to-step noise; the median of the last 16 values
-  follows a trend with a lag of ~8 steps, which is small against that noise.
-* **a minimum history** before any decision, and the floor on sigma: a plateau that repeats the same value would
-  otherwise make any small change a spike.
-* **only upward deviations** count: a loss that falls fast, a norm that shrinks as the model converges, are never
-  spikes. A spike step stays out of the history, so the level stays the level of healthy steps; a lasting upward
-  shift therefore keeps being reported (``warn``) or spends ``skip_budget`` and then aborts (``skip`` /
-  ``rollback``), naming the fix.
-
-Nothing here touches tensors: the values come from the one host read the step already makes.
-
-The spike rule (:mod:`.spikes`, pure) wired to a run: its settings, its checkpointed history, the decision it hands to the trip machinery, and the samples of a spike.
+"""Spikes: a finite loss or gradient norm far above its recent robust level, decided before the step by ``judge`` (pure),
+and ``SpikeGuard``, which wires it to a run. The statistic and why: docs/callback.md, "Spikes".
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
-"""Tasks: what is asked, what is trained on and how an answer is read (``base.py`` is the protocol).
+"""Tasks: what is asked, what is trained on and how an answer is read (``base.py`` is the protocol; docs/tasks.md).
 
-- ``UnitConversion`` (``unit_conversion/``): the shipped, generated task.
-- ``OwnData`` (``own_data.py``): your own data in the formats it has (TRL, Alpaca, question/answer; JSON, JSONL,
-  CSV, Parquet); ``NumericFile`` is its older name.
-
-Select one in a config with ``data.task`` (``docs/tasks.md``). The names are imported on first use, so the
-question generator (``unit_conversion/generator.py``) still loads without torch.
+``UnitConversion`` (generated) and ``OwnData`` (your files) are imported on first use, so the generator needs no torch.
 """
 
 from __future__ import annotations
@@ -16,7 +11,6 @@ from typing import Any
 _WHERE = {
     "Task": "sft_lightning.tasks.base",
     "TaskData": "sft_lightning.tasks.base",
-    "NumericFile": "sft_lightning.tasks.numeric_file",
     "OwnData": "sft_lightning.tasks.own_data",
     "UnitConversion": "sft_lightning.tasks.unit_conversion.task",
 }

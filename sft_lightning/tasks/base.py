@@ -1,10 +1,6 @@
 """The task seam: what the training machinery needs to know about a question/answer task, and nothing more.
 
-A task gives records (a question, the number it is scored against, and optionally the exact text to train on),
-names its validation sets, parses a generated text into a number, and may hand generation a completion hook
-(the unit-conversion task's calculator). ``SFTDataModule`` and ``SFTModule`` speak only this protocol, so a new
-task is one class; ``docs/tasks.md`` shows one in a page. Scoring is the same for every task: a parsed number
-within ``model.relative_tolerance`` of the expected one is correct, no number is unanswered.
+``SFTDataModule`` and ``SFTModule`` speak only this protocol, so a new task is one class (docs/tasks.md).
 """
 
 from __future__ import annotations
@@ -13,9 +9,9 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from sft_lightning.metrics import MAIN_VAL_SET, parse_answers
-from sft_lightning.prompt import format_answer
-from sft_lightning.records import DataError, QARecord
+from sft_lightning.data.prompt import format_answer
+from sft_lightning.data.records import DataError, QARecord
+from sft_lightning.evaluation.metrics import MAIN_VAL_SET, parse_answers
 
 
 @dataclass
@@ -47,14 +43,10 @@ class TaskData:
 class Task:
     """A question/answer task whose answers are numbers or texts. Subclass it and override ``load``; the rest has defaults.
 
-    - ``load``: the records (read or generated, validated, so that bad input fails before any model loads).
-    - ``target``: the text the model is trained to write after the prompt (EOS is appended for it): the
-      record's own ``target`` when it has one (a worked answer), else ``<answer>NUMBER</answer>``.
-    - ``parse``: the numbers in generated texts, NaN where there is none (default: the ``<answer>`` tag);
-      ``parse_text``: the text answers, for records answered by a text (default: the output, stripped).
-    - ``completion``: the generation hook. Given a row's text so far, the text to write for it at once (its end
-      included), or None to let the model go on. Called only when ``model.calculator`` is on.
-    - ``describe``: where a training record comes from, for reports of a bad step.
+    ``load`` (the records, validated before any model loads), ``target`` (the supervised text; EOS is appended),
+    ``parse`` / ``parse_text`` (what an output answers), ``completion`` (the generation hook, called only when
+    ``model.calculator`` is on: the text to write at once, its end included, or None) and ``describe`` (where a
+    training record comes from, for reports of a bad step).
     """
 
     def load(self, seed: int, significant_digits: int) -> TaskData:

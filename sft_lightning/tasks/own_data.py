@@ -1,11 +1,6 @@
-"""Your data in the formats it already has: a JSON, JSONL, CSV or Parquet file of TRL prompt/completion,
-messages or text records, Alpaca's instruction/input/output, or question/answer (a number, a text, GSM8K).
+"""Your data in the formats it already has (TRL, Alpaca, question/answer; JSON, JSONL, CSV, Parquet), as a task.
 
     sft-lightning fit --config configs/own_data.yaml --data.train_file FILE
-
-The format is detected from the columns (``sft_lightning.data_formats``). Answers are scored as their
-reference is: a number within the tolerance (the ``<answer>`` tag, a GSM8K ``#### N`` or the output's last
-number), a text by normalised exact match; ``text`` records by their loss only.
 """
 
 from __future__ import annotations
@@ -13,16 +8,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sft_lightning.data.records import DataError, QARecord, holdout_fraction, holdout_split, load_records
 from sft_lightning.errors import check, finite
-from sft_lightning.metrics import MAIN_VAL_SET, parse_final_number
-from sft_lightning.records import DataError, QARecord, holdout_fraction, holdout_split, load_records
+from sft_lightning.evaluation.metrics import MAIN_VAL_SET, parse_final_number
 from sft_lightning.tasks.base import Task, TaskData
 
 VAL_BOUNDS = (1, 500)  # a held-out share is at least one record and at most this many (validation time)
 
 
 class OwnData(Task):
-    """Training (and validation) records from a user's files, in any format ``data_formats`` detects.
+    """Training (and validation) records from a user's files, in any format ``sft_lightning.data.formats`` detects.
+
+    An answer is scored as its reference is: a number within the tolerance (the ``<answer>`` tag, a GSM8K ``#### N``
+    or the output's last number), a text by normalised exact match; ``text`` records by their loss only.
 
     Args:
         train_file: ``.json``, ``.jsonl``, ``.csv`` or ``.parquet``.

@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from _toy_models import flat, fp16_scaler_plugin
+from helpers.toy_models import flat, fp16_scaler_plugin
 
 from callbacks import GradientHealth, NonFiniteTrainingError
 

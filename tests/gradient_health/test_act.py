@@ -11,7 +11,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from _toy_models import ToyLM, flat, lm_eval_loss, lm_loader, states_equal
+from helpers.toy_models import ToyLM, flat, lm_eval_loss, lm_loader, states_equal
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset

@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from _toy_models import ToyLM, lm_loader
+from helpers.toy_models import ToyLM, lm_loader
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 import callbacks
@@ -43,7 +43,7 @@ def test_invalid_arguments_raise_value_error(kwargs: dict[str, Any]) -> None:
 
 
 # ============================================================================================ checkpoint state
-def test_two_instances_keep_separate_checkpoint_state_and_old_checkpoints_load(tmp_path: Path) -> None:
+def test_two_instances_keep_separate_checkpoint_state(tmp_path: Path) -> None:
     def trainer_with(callbacks: list[L.Callback], steps: int) -> L.Trainer:
         return L.Trainer(
             accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
@@ -66,15 +66,8 @@ def test_two_instances_keep_separate_checkpoint_state_and_old_checkpoints_load(t
     trainer_with([skip2, rollback2], 5).fit(ToyLM(), lm_loader(8), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert (skip2.skipped_steps, skip2.rolled_back_steps, rollback2.rolled_back_steps) == (1, 0, 1)
 
-    # a checkpoint from before state_key (one entry under the class name) still restores the counters
-    saved["callbacks"] = {"GradientHealth": states[skip.state_key]}
-    torch.save(saved, tmp_path / "old.ckpt")
-    old = GradientHealth(on_nonfinite="skip")
-    trainer_with([old], 5).fit(ToyLM(), lm_loader(8), ckpt_path=str(tmp_path / "old.ckpt"))
-    assert old.skipped_steps == 1
 
-
-def test_the_public_names_and_the_old_import_path() -> None:
+def test_the_public_names() -> None:
     from callbacks.gradient_health import GradientHealth as from_package
 
     assert from_package is GradientHealth
@@ -82,4 +75,3 @@ def test_the_public_names_and_the_old_import_path() -> None:
             "read_skip_list", "atomic_file", "KEY_GRAD_NORM", "REPORT_FILE"} <= set(callbacks.__all__)
     assert all(getattr(callbacks, name) is not None for name in callbacks.__all__)
     assert GradientHealth().state_key == "GradientHealth{'on_nonfinite': 'abort', 'label_key': 'labels', 'report_dir': None}"
-    assert GradientHealth()._legacy_state_key == "GradientHealth"  # checkpoints from before state_key

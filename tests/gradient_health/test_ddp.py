@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.paths import REPO, TESTS
 
 from callbacks.gradient_health import decide as dx
 
 from ._multiprocess import run_script
 
-TESTS_DIR = Path(__file__).resolve().parents[1]  # where _toy_models lives
-REPO_ROOT = TESTS_DIR.parent
 TIMEOUT_S = 120
 
 SCRIPT = textwrap.dedent(
@@ -31,7 +30,7 @@ SCRIPT = textwrap.dedent(
     import lightning as L
     import torch
     from torch.utils.data import DataLoader
-    from _toy_models import PreBatched, ToyLM, flat
+    from helpers.toy_models import PreBatched, ToyLM, flat
     from callbacks import GradientHealth, NonFiniteTrainingError
 
     mode, out, case = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -93,7 +92,7 @@ def run_ddp(tmp_path: Path, mode: str, case: str) -> list[dict[str, Any]]:
     out = tmp_path / "out"
     out.mkdir()
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(REPO), env.get("PYTHONPATH", "")])  # helpers.toy_models, callbacks
     env.pop("LOCAL_RANK", None)
     output = run_script([sys.executable, str(script), mode, str(out), case], tmp_path, env, TIMEOUT_S, "DDP")
     results = []

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _toy_models import ToyLM, fp16_scaler_plugin, lm_loader
+from helpers.toy_models import ToyLM, fp16_scaler_plugin, lm_loader
 
 from callbacks import GradientHealth
 from callbacks.gradient_health import decide as dx

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from _toy_models import MLPClassifier, ToyLM, blobs, flat, lm_eval_loss, lm_loader, states_equal
+from helpers.toy_models import MLPClassifier, ToyLM, blobs, flat, lm_eval_loss, lm_loader, states_equal
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks import GradientHealth

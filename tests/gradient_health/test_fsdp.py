@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.paths import REPO
 
 from callbacks.gradient_health import decide as dx
 
 from ._multiprocess import run_script
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 120
 FAULT_STEP = 2
 
@@ -132,7 +132,7 @@ def run(tmp_path: Path, mode: str, case: str, devices: int, kind: str = "fsdp") 
     work.mkdir()
     script = work / "fsdp_fit.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     env.pop("LOCAL_RANK", None)
     run_script([sys.executable, str(script), mode, str(work), case, str(devices), kind], work, env, TIMEOUT_S, kind.upper())
     return [json.loads((work / f"result_rank{rank}.json").read_text()) for rank in range(devices)]

@@ -13,7 +13,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from _toy_models import AttrBatches, ToyLM, lm_loader
+from helpers.toy_models import AttrBatches, ToyLM, lm_loader
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 

@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from _toy_models import MLPClassifier, ToyLM, blobs, lm_loader
+from helpers.toy_models import MLPClassifier, ToyLM, blobs, lm_loader
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from torch.utils.data import DataLoader, TensorDataset

@@ -19,7 +19,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from _toy_models import fp16_scaler_plugin
+from helpers.toy_models import fp16_scaler_plugin
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -298,7 +298,7 @@ def test_sft_module_overflow_names_the_projection_and_the_records(tmp_path: Path
     """The embedded model's architecture (tiny Llama): one frozen MLP weight grown past 65504, so autocast's cast to
     float16 makes it inf. The report names that projection's base layer and the weight, and the records of the
     batch by their lines in the data file."""
-    from sft_lightning.data import SFTDataModule
+    from sft_lightning.data.datamodule import SFTDataModule
     from sft_lightning.module import SFTModule
 
     rows = [{"question": f"How many meters are in {i} km?", "answer": 1000 * i} for i in range(1, 33)]

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from _toy_models import ToyLM, lm_loader
+from helpers.toy_models import ToyLM, lm_loader
 from lightning.pytorch.loggers import CSVLogger
 
 from callbacks import GradientHealth

@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from _toy_models import fp16_scaler_plugin
+from helpers.toy_models import fp16_scaler_plugin
 from lightning.pytorch.loggers import CSVLogger
 
 from callbacks import GradientHealth

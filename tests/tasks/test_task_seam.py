@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers.cli import run_cli
+from helpers.paths import REPO
+from helpers.runs import read_metrics
 
-from sft_lightning.data import SFTDataModule
+from sft_lightning.data.datamodule import SFTDataModule
 from sft_lightning.module import SFTModule
 from sft_lightning.tasks import OwnData, Task, UnitConversion
-from sft_lightning.tasks.from_flags import task_of_run_config
+from sft_lightning.tasks.flags import task_of_run_config
 from tests.tasks.toy_task import Doubling, DoublingEquals
-from tests.test_cli import REPO, read_metrics, run_cli
 
 
 def _config_with_task(tmp_path: Path, task: str, **init_args: int) -> Path:
@@ -35,7 +37,7 @@ def test_toy_task_fits_and_validates_through_the_cli(tmp_path: Path) -> None:
     config = _config_with_task(tmp_path, "tests.tasks.toy_task.DoublingEquals", train_size=48, val_size=12)
     os.environ["PYTHONPATH"] = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     try:
-        fit = run_cli("fit", "--config", str(config), cwd=tmp_path)
+        fit = run_cli("fit", "--config", str(config), cwd=tmp_path, one_thread=False, tests_on_path=False)
     finally:
         os.environ["PYTHONPATH"] = os.environ["PYTHONPATH"].split(os.pathsep, 1)[1]
     assert fit.returncode == 0, fit.stderr[-3000:]
@@ -101,7 +103,7 @@ def test_a_task_on_top_of_a_config_with_generator_flags_says_they_do_not_apply(t
         result = run_cli(
             "fit", "--config", str(REPO / "configs" / "smoke.yaml"), "--data.task", "tests.tasks.toy_task.Doubling",
             "--data.task.train_size", "16", "--data.task.val_size", "4", "--trainer.max_steps", "2",
-            "--trainer.val_check_interval", "2", cwd=tmp_path,
+            "--trainer.val_check_interval", "2", cwd=tmp_path, one_thread=False, tests_on_path=False,
         )
     finally:
         os.environ["PYTHONPATH"] = os.environ["PYTHONPATH"].split(os.pathsep, 1)[1]

@@ -5,7 +5,7 @@ import re
 
 import torch
 
-from sft_lightning.records import QARecord
+from sft_lightning.data.records import QARecord
 from sft_lightning.tasks import Task, TaskData
 
 

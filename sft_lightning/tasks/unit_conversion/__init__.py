@@ -1,8 +1,6 @@
-"""Unit conversion, the shipped task: the unit table (``table.py``), how a unit is read (``units.py``, with
-``conventions.py`` and composed rates, ``rates.py``), the pairs asked (``pairs.py``), phrasings (``phrasings.py``), the question
-generator (``generator.py``), worked answers (``worked.py``), the factor lookup (``factor_lookup.py``), the calculator (``calculator.py``) and the task
-that ties them to the protocol of ``sft_lightning.tasks.base`` (``task.py``). ``UnitConversion`` is imported on
-first use, so the generator loads without torch."""
+"""Unit conversion, the shipped task: the unit table and how a unit is read, the question generator, worked answers, the
+factor lookup and the calculator, tied to the task protocol by ``task.py``. ``UnitConversion`` is imported on first use.
+"""
 
 from __future__ import annotations
 

@@ -1,16 +1,6 @@
-"""Exact arithmetic for worked answers: the model sets the calculation up, a calculator does it.
+"""Exact arithmetic for worked answers: the model sets the calculation up (``6×0.305=<answer>``), a calculator does it.
 
-A worked answer ends ``... 6×0.305=<answer>``: everything the model has to *know* (which units,
-which factor, which formula) is written by then, and what is left is a multiplication, the one
-thing a 135M model gets wrong most often after its factors (a 3-digit product from ~10,000
-examples). As in the GSM8K calculator of Cobbe et al. (2021), generation hands that step to
-exact arithmetic: when a row's text ends with ``=<answer>``, the first expression of the working's
-last clause (``6×0.305``, or for temperatures ``(100-32)/1.8``, the model's own set-up rather than
-its partial results) is evaluated and its value, ``</answer>`` and EOS are written for it.
-
-Nothing else is touched: an output that does not set up a calculation (a bare answer, another
-task, a malformed working) is left exactly as the model wrote it, and ``model.calculator false``
-turns it off, which is how the model alone is measured.
+Only the working's last set-up is evaluated (a parsed expression tree, no ``eval``); anything else stays as written (docs/data.md).
 """
 
 from __future__ import annotations
@@ -20,7 +10,7 @@ import math
 import operator
 from collections.abc import Callable
 
-from sft_lightning.prompt import ANSWER_CLOSE, ANSWER_OPEN, format_number
+from sft_lightning.data.prompt import ANSWER_CLOSE, ANSWER_OPEN, format_number
 
 TRIGGER = "=" + ANSWER_OPEN
 DIGITS = 4  # one more than the training targets: the calculator's value is exact

@@ -1,14 +1,5 @@
-"""What a word means where usage varies (``ton``, ``KB``, ``gallon``, ``calorie``), and what it means beside
-another unit (``G`` beside ``MB``, ``oz`` beside a quart).
-
-Conventions: the unit table (``table.py``) lists each such word under the unit of the default reading,
-which is what most people who write the word mean (docs/data.md, "Conventions", gives the evidence);
-``Conventions`` chooses another reading (``--data.task.conventions.ton short``). The generator's
-questions and answers, its worked set-ups and the factor lookup all read words through one
-``Conventions``, so a set-up always names the unit the answer used (``t``, never ``ton``, for a tonne).
-
-Context: a prefix alone (``G``, ``M``, ``K``, ``k``, ``T``) is a data size beside a data size, and
-``oz``/``ounce`` is the fluid ounce beside a volume; ``units.resolve_unit`` applies ``BESIDE``.
+"""What a word means where usage varies (``ton``, ``KB``, ``gallon``, ``calorie``: ``Conventions``), and what it means beside
+another unit (``G`` beside ``MB``, ``oz`` beside a quart: ``BESIDE``). The defaults and their evidence: docs/data.md, "Conventions".
 """
 
 from __future__ import annotations

@@ -1,17 +1,6 @@
-"""The factor lookup: the model reads the question, the unit table supplies the factor.
+"""The factor lookup: once the model has written ``ft to m: 6×``, the unit table writes the factor and the calculator the product.
 
-A worked answer reads ``ft to m: 6×0.305=<answer>1.83</answer>``. By the time the model has written
-``ft to m: 6×`` it has done the part that needs language: which units the question means, in
-whatever spelling it used, and which quantity. What is left is a fact per unit pair (the factor)
-and a multiplication. A 135M model trained for minutes on a CPU gets most of its wrong answers
-from the factor ("1 st = 0.000001 mg"), so generation hands the factor to the unit table, as it
-hands the multiplication to the calculator: the factor (``worked.factor_text``, the one training
-writes), the product and the end of the answer are written for the model.
-
-Only a set-up that names two units of one multiplicative family that ``units.resolve_pair``
-reads (under the task's conventions, each unit beside the other, composed rates included) is completed. Anything else (a unit the table lacks, a temperature, another format) is left
-to the model, which writes its own factor as it was trained to, and ``model.calculator false``
-turns this off with the calculator.
+Only a set-up naming two units of one multiplicative family that ``units.resolve_pair`` reads is completed (docs/data.md).
 """
 
 from __future__ import annotations

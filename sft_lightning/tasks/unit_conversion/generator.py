@@ -1,21 +1,6 @@
-"""Deterministic unit-conversion question generator.
+"""Deterministic unit-conversion question generator: the ``train``, ``val`` and ``val_unseen`` sets, drawn from the unit table.
 
-Units and spellings live in ``table.py``, how they are read in ``units.py`` and ``conventions.py`` (pint is the
-source of truth for factors), the pairs asked in ``pairs.py``, phrasings in ``phrasings.py``, worked answers in
-``worked.py`` (all in ``sft_lightning.tasks.unit_conversion``); this module draws questions from them:
-
-* a unit pair weighted by how often people ask about its units (``Unit.tier``), through its
-  family (drawn in proportion to its pairs' weight, at least ``_MIN_FAMILY_SHARE``), then an
-  everyday quantity for that pair (resampled until the answer is readable), a template and the
-  spellings;
-* words read as the task's ``Conventions`` say (``ton`` is a tonne by default), and sometimes a unit
-  written as only its neighbour makes clear (``2 G in MB``, ``6 quarts in ounces``; ``_BESIDE_SHARE``);
-* speeds composed of a length and a time (``in/s``, ``cm/min``: ``rates.py``) besides the table's,
-  in ``_RATE_SHARE`` of the speed family's weight;
-* three disjoint sets: ``train``, ``val`` (validation questions phrased like training) and
-  ``val_unseen`` (held-out templates and held-out spellings only). Each (quantity, source,
-  target) triple belongs to training or validation by a stable hash (about 20% validation),
-  so even sets drawn with different seeds never share one.
+A (quantity, source, target) triple is training's or validation's by a stable hash, whatever the seed (docs/data.md).
 """
 
 from __future__ import annotations
@@ -29,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from sft_lightning.records import normalize_question
+from sft_lightning.data.records import normalize_question
 from sft_lightning.tasks.unit_conversion.conventions import DEFAULT, Conventions
 from sft_lightning.tasks.unit_conversion.pairs import Pair, allowed_pairs, select_units, with_rates
 from sft_lightning.tasks.unit_conversion.phrasings import HELDOUT, TRAIN, Template, casual, format_quantity, pick_spelling, say_quantity

@@ -1,15 +1,6 @@
 """How people ask: question templates, unit spellings and casual surface forms.
 
-Templates are split in two: ``TRAIN`` ones are written into training questions, ``HELDOUT`` ones
-only into the ``val_unseen`` validation set, together with the held-out unit spellings of
-``sft_lightning.tasks.unit_conversion.units``. A model that scores well on ``val`` but not on ``val_unseen`` learned
-our strings, not the task.
-
-Placeholders: ``{q}`` the quantity, ``{src}`` the source unit as written after that quantity
-(singular only for exactly 1), ``{src_name}`` the source unit on its own ("from kg to g"),
-``{dst}`` the target unit, ``{units}`` the word "units" ("... for 6 units?", "unit" for 1). ``counting`` templates ("how many {dst}") are not used for temperature,
-where the answer is a reading, not a count; ``families`` restricts a template that sets a scene
-("My suitcase weighs ...") to the families it makes sense for.
+``TRAIN`` templates phrase training questions, ``HELDOUT`` ones only ``val_unseen``, to tell the task learnt from our strings.
 """
 
 from __future__ import annotations
@@ -22,7 +13,11 @@ from sft_lightning.tasks.unit_conversion.units import Unit
 
 @dataclass(frozen=True)
 class Template:
-    """A phrasing (see the module docstring for the placeholders)."""
+    """A phrasing. ``{q}``: the quantity; ``{src}``: the source unit after it (singular only for exactly 1);
+    ``{src_name}``: the source unit alone ("from kg to g"); ``{dst}``: the target unit; ``{units}``: the word "units".
+    ``counting`` templates ("how many {dst}") skip temperature, a reading rather than a count; ``families`` restricts
+    a template that sets a scene ("My suitcase weighs ...") to the families it fits.
+    """
 
     text: str
     counting: bool = False

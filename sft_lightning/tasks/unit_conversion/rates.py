@@ -1,10 +1,6 @@
-"""Rates composed, not listed: any length of the table over any time of the table is a speed.
+"""Rates composed, not listed: any length of the table over any time of the table is a speed (``in/s``, ``cm/min``).
 
-``in/s``, ``cm/min``, ``ft/h``, ``km/s``, ``inches per second``: the table lists five speeds, people
-write dozens. A rate is built from its two units (names, symbol, and the pint expression
-``(inch) / (second)``, so pint gives its factor); one that the table lists is the table's unit
-(``km/h`` is ``kilometer_per_hour``, ``nmi/h`` is ``knot``). Speed is the only quotient family of
-the table. The generator asks ``GENERATED`` rates, a subset of the everyday ones (``generator.py``).
+A rate the table lists is the table's unit (``km/h``); the generator asks ``generated()``, a subset of the everyday ones.
 """
 
 from __future__ import annotations

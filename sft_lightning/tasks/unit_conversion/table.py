@@ -1,25 +1,6 @@
-"""The unit table: every unit the generator asks about, every spelling of it, and its pint expression.
+"""The unit table: every unit the generator asks about, every spelling of it (``Unit``), and its pint expression.
 
-pint is the source of truth for every factor, but surface forms are never handed to pint directly:
-this table maps each accepted spelling to a canonical unit key and a pint expression, which avoids
-pint's traps (each pinned by a test): ``decade`` is logarithmic in pint (here ``10 * year``),
-``acre`` is pint's US survey acre (here the international ``43560 * foot ** 2``), ``G``/``M``/``Mb``/
-``C``/``F`` are gauss/molar/megabarn/coulomb/farad in pint, ``KB`` and ``kmh`` are undefined, and
-``B`` is byte here (never bel).
-
-Where a word's meaning varies (``ton``, ``KB``, ``gallon``, ``calorie``), the table lists it under the
-unit of the default reading; ``conventions.py`` says which words vary and what the other readings are
-(docs/data.md, "Conventions"). Where a word's meaning depends on the other unit of the question (a
-prefix alone beside a data size, ``oz`` beside a volume), ``units.resolve_unit`` decides from it.
-
-Spellings: ``names`` are (singular, plural) word pairs, the first being the primary one (words
-match case-insensitively); ``symbols`` are case-sensitive. Both are written into generated
-questions. ``accepted`` spellings resolve but are never generated (``mm**3``); ``informal`` ones
-are generated but do not resolve, because out of a question's context they mean something
-else (``C`` is coulomb to pint). ``heldout`` spellings are never written into *training*
-questions: the ``val_unseen`` validation set uses them, to measure whether the model learned
-the unit or only the string. ``tier`` says how often people ask about a unit (1 everyday,
-2 common, 3 rare); the generator samples pairs in proportion.
+pint gives every factor but never reads a spelling (docs/design.md, "The unit table"); words that vary: ``conventions.py``.
 """
 
 from __future__ import annotations
@@ -50,7 +31,14 @@ class UnknownFamilyError(ValueError):
 
 @dataclass(frozen=True)
 class Unit:
-    """A curated unit: its pint expression and every spelling of it (see the module docstring)."""
+    """A curated unit: its pint expression and every spelling of it.
+
+    ``names`` are (singular, plural) word pairs, the first the primary one, matched case-insensitively; ``symbols``
+    are case-sensitive; both are written into questions. ``accepted`` spellings resolve but are never generated
+    (``mm**3``); ``informal`` ones are generated but do not resolve, since out of context they mean something else
+    (``C`` is coulomb to pint); ``heldout`` ones are never written into training questions (``val_unseen`` uses them).
+    ``tier``: how often people ask about the unit (1 everyday, 2 common, 3 rare); pairs are sampled in proportion.
+    """
 
     key: str
     family: str

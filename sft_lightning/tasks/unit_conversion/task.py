@@ -1,10 +1,5 @@
 """The shipped task: unit-conversion questions from the generator, answered with worked answers and a calculator.
 
-    data:
-      task:
-        class_path: sft_lightning.tasks.UnitConversion
-        init_args: {train_size: 40000, val_size: 300, unseen_val_size: 200, conventions: {ton: metric}}
-
 The older flags (``--data.train_size``, ``--data.unseen_val_size``, ``--data.families``, ...) build the same task.
 """
 
@@ -13,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
+from sft_lightning.data.prompt import format_answer
+from sft_lightning.data.records import DataError, QARecord, load_records
 from sft_lightning.errors import check
-from sft_lightning.metrics import MAIN_VAL_SET
-from sft_lightning.prompt import format_answer
-from sft_lightning.records import DataError, QARecord, load_records
+from sft_lightning.evaluation.metrics import MAIN_VAL_SET
 from sft_lightning.tasks.base import Task, TaskData
 from sft_lightning.tasks.unit_conversion import UNSEEN_VAL_SET, calculator, factor_lookup
 from sft_lightning.tasks.unit_conversion.conventions import Conventions
@@ -26,6 +21,11 @@ from sft_lightning.tasks.unit_conversion.generator import ConversionQuestion, ge
 class UnitConversion(Task):
     """Generated questions such as "How many meters are in 6 km?" (``sft_lightning.tasks.unit_conversion``).
 
+        data:
+          task:
+            class_path: sft_lightning.tasks.UnitConversion
+            init_args: {train_size: 40000, val_size: 300, unseen_val_size: 200, conventions: {ton: metric}}
+
     Args:
         train_size / val_size: generated set sizes.
         unseen_val_size: questions in the ``val_unseen`` set, phrased only with templates and unit spellings
@@ -33,10 +33,9 @@ class UnitConversion(Task):
         answer_format: ``worked`` trains on answers written out as ``ft to m: 6×0.305=<answer>1.83</answer>``
             (``worked.py``), ``bare`` on the tag alone.
         families / units: restrict the generator (``generator.select_units``).
-        val_file: score ``val`` on this file instead of generated questions (same formats as ``NumericFile``).
-        conventions: what a word whose meaning varies means (``ton``, ``kilobyte``, ``gallon``, ``calorie``;
-            docs/data.md, "Conventions"), e.g. ``--data.task.conventions.ton short``; the generated questions,
-            their answers and the factor lookup all follow it. Default: what most people who write the word mean.
+        val_file: score ``val`` on this file instead of generated questions (the formats ``OwnData`` reads).
+        conventions: what a word whose meaning varies means (``ton``, ``kilobyte``, ``gallon``, ``calorie``; docs/data.md),
+            e.g. ``--data.task.conventions.ton short``; questions, answers and the factor lookup all follow it.
     """
 
     def __init__(

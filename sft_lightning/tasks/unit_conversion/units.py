@@ -1,17 +1,6 @@
-"""Reading a unit: any spelling of the table (``table.py``), in the context of the other unit, under the
-project's conventions (``conventions.py``), to a canonical key; and its size, from pint.
+"""Reading a unit: any spelling of the table, beside the other unit, under the task's conventions, to a canonical key.
 
-One resolver serves the generator, the worked set-ups and the factor lookup, so they never disagree:
-
-* a spelling whose meaning varies (``ton``, ``KB``, ``gallon``, ``calorie``) reads as ``Conventions`` say;
-* beside another unit, a prefix alone (``G``, ``M``, ``K``, ``k``, ``T``) next to a data size is that
-  data size (``2 G in MB`` = 2000) and ``oz``/``ounce`` next to a volume is the US fluid ounce
-  (``conventions.BESIDE``); next to anything else they read as on their own (``G`` alone is refused:
-  gauss to pint, and ambiguous);
-* any length over any time (``in/s``, ``cm/min``, ``miles per minute``) is a speed (``rates.py``).
-
-Other conventions (not choices): ``year`` is the Julian year (365.25 days, pint's ``year``) and
-``month`` a twelfth of it; temperatures are absolute readings (20 degC -> 68 degF), not differences.
+One resolver (sizes from pint) serves the generator, the worked set-ups and the factor lookup, so they never disagree.
 """
 
 from __future__ import annotations

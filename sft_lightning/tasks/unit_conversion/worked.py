@@ -1,24 +1,13 @@
-"""Worked answers: the conversion written out before the answer, e.g. ``ft to m: 6×0.305=``.
+"""Worked answers: the conversion written out before the answer (``ft to m: 6×0.305=``; temperatures in two steps).
 
-A bare ``<answer>1.83</answer>`` asks a 135M model to learn every (unit pair, quantity)
-product as one opaque fact. Written out, the target splits into what transfers: naming the two
-units in one canonical spelling (whatever the question used), the quantity, the pair's factor (one
-fact per pair, the same for every quantity) and a multiplication (one skill for all pairs).
-Measured on the same CPU budget this is the single largest gain (docs/learning.md, "Learning per
-CPU-minute"). The units and the quantity come first, so that at generation the factor and the
-product can come from the unit table and the calculator (``factor_lookup.py``, ``calculator.py``).
-
-The factor is rounded to 3 significant digits (at most 0.5% off, well inside the 5% tolerance),
-and the answer is the product of the numbers shown, so the arithmetic the model learns is
-exact. Temperatures are affine, so they are worked in two visible steps:
-``°F to °C: (100-32)/1.8=68/1.8=``.
+The factor has 3 significant digits and the answer is the product shown, so the arithmetic learnt is exact (why worked: docs/data.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from sft_lightning.prompt import format_number
+from sft_lightning.data.prompt import format_number
 from sft_lightning.tasks.unit_conversion.conventions import DEFAULT, Conventions, view
 from sft_lightning.tasks.unit_conversion.units import pair_factor, unit
 

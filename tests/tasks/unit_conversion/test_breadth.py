@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from sft_lightning.metrics import parse_answer
-from sft_lightning.prompt import format_answer
+from sft_lightning.data.prompt import format_answer
+from sft_lightning.evaluation.metrics import parse_answer
 from sft_lightning.tasks.unit_conversion import rates
 from sft_lightning.tasks.unit_conversion.generator import ConversionQuestion, Splits, generate_splits, normalize_question
 from sft_lightning.tasks.unit_conversion.phrasings import HELDOUT, TRAIN, pick_spelling

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sft_lightning.generation import CompletionHook, greedy_generate
-from sft_lightning.metrics import parse_answer
+from sft_lightning.evaluation.generation import CompletionHook, greedy_generate
+from sft_lightning.evaluation.metrics import parse_answer
+from sft_lightning.models.tiny import build_char_tokenizer, build_tiny_llama
 from sft_lightning.tasks.unit_conversion.calculator import completion, evaluate
-from sft_lightning.tiny_model import build_char_tokenizer, build_tiny_llama
 
 
 @pytest.mark.parametrize(

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from sft_lightning.generation import CompletionHook
-from sft_lightning.metrics import parse_answer
-from sft_lightning.prompt import format_answer
+from sft_lightning.budget.validation_estimate import decoding_steps
+from sft_lightning.data.prompt import format_answer
+from sft_lightning.evaluation.generation import CompletionHook
+from sft_lightning.evaluation.metrics import parse_answer
+from sft_lightning.models.tiny import build_char_tokenizer
 from sft_lightning.tasks.unit_conversion.factor_lookup import completion, units_of_set_up
 from sft_lightning.tasks.unit_conversion.generator import generate_questions
 from sft_lightning.tasks.unit_conversion.task import UnitConversion
 from sft_lightning.tasks.unit_conversion.units import FAMILIES, UNITS, resolve_unit
-from sft_lightning.tiny_model import build_char_tokenizer
-from sft_lightning.validation_timing import decoding_steps
 
 
 @pytest.mark.parametrize(

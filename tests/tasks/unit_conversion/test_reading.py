@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from sft_lightning.records import DataError
+from sft_lightning.data.records import DataError
 from sft_lightning.tasks.unit_conversion.conventions import CHOICES, DEFAULT, Conventions, table_views
 from sft_lightning.tasks.unit_conversion.factor_lookup import completion
 from sft_lightning.tasks.unit_conversion.generator import generate_questions, generate_splits
@@ -165,7 +165,7 @@ def test_the_task_takes_conventions_and_the_lookup_follows_them() -> None:
 
 
 def test_a_runs_saved_config_keeps_its_conventions() -> None:
-    from sft_lightning.tasks.from_flags import task_of_run_config
+    from sft_lightning.tasks.flags import task_of_run_config
 
     saved = {"task": {"class_path": "sft_lightning.tasks.UnitConversion",
                       "init_args": {"train_size": 5, "conventions": {"ton": "short", "kilobyte": "decimal"}}}}

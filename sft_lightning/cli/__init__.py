@@ -1,0 +1,1 @@
+"""The command line: the commands, progress, interrupts, checkpoint files and the exported adapter."""

@@ -1,0 +1,1 @@
+"""Evaluation: generation, answers read and scored, the validation metrics and predictions."""

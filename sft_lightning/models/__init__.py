@@ -1,0 +1,1 @@
+"""Models: loading, the tiny test model, their anatomy, compilation and precision."""
