@@ -24,7 +24,7 @@ from sft_lightning.models.loading import resolve_source
 from sft_lightning.tasks.unit_conversion.task import UnitConversion
 
 TOLERANCE = 0.05
-TRIGGERS = ("×", "=<answer>")  # where the unit-conversion task's completion may take over
+TRIGGERS = ("×", "+", "-", "=<answer>")  # where the unit-conversion task's completion may take over (a temperature's after + or -)
 
 
 class EndsWith(StoppingCriteria):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import re
 from collections.abc import Callable
 
 from sft_lightning.data.prompt import ANSWER_CLOSE, ANSWER_OPEN, format_number
@@ -22,9 +23,13 @@ _OPERATORS: dict[type, Callable[[float, float], float]] = {
 }
 
 
+_MILLION = re.compile(r"(?<=\d) ?million\b")
+
+
 def evaluate(expression: str) -> float | None:
-    """The value of an arithmetic expression of numbers, + - × * / and parentheses; None otherwise."""
-    text = expression.replace("×", "*").replace("·", "*").replace(",", "").strip()
+    """The value of an arithmetic expression of numbers (``1,500``, ``2 million``), + - × * / and parentheses;
+    None otherwise."""
+    text = _MILLION.sub("*1000000", expression.replace("×", "*").replace("·", "*").replace(",", "")).strip()
     if not text:
         return None
     try:

@@ -43,12 +43,24 @@ READINGS: dict[str, tuple[Reading, ...]] = {
     "calorie": (_reading((("calorie", "calories"),), ("cal",), small="calorie", food="kilocalorie"),),
 }
 
-# family of the other unit -> what a word means beside it: (words as (singular, plural) pairs, symbols)
-# -> the explicit spelling it stands for, read under the conventions in force (G -> GB -> GiB under binary)
+# the other unit's context (its family; ``BINARY_DATA`` for KiB...TiB) -> what a word means beside it: words
+# (case-folded tuples) or exact symbols -> the explicit spelling it stands for, read under the conventions in force
+# (G -> GB -> GiB under binary). A prefix alone takes the byte of its neighbour: 2 G in MB is 2 GB, 8 G in MiB 8 GiB.
+BINARY_DATA = "data:binary"
+_PREFIXES_ALONE = {"K": "K", "k": "K", "M": "M", "G": "G", "T": "T", "kb": "K", "mb": "M", "gb": "G", "tb": "T",
+                   ("gig", "gigs"): "G", ("meg", "megs"): "M"}
 BESIDE: dict[str, dict[tuple[str, ...] | str, str]] = {
-    "data": {"K": "KB", "k": "kB", "M": "MB", "G": "GB", "T": "TB"},
+    "data": {spelling: f"{prefix}B" for spelling, prefix in _PREFIXES_ALONE.items()} | {"k": "kB"},
+    BINARY_DATA: {spelling: f"{prefix}iB" for spelling, prefix in _PREFIXES_ALONE.items()},
     "volume": {"oz": "fl oz", ("ounce", "ounces"): "fluid ounce"},
+    "pressure": {"mb": "mbar"},
 }
+
+
+def context_of(unit: Unit) -> str:
+    """The context ``unit`` gives the question's other unit (a key of ``BESIDE``): its family, or ``BINARY_DATA``
+    beside KiB, MiB, GiB, TiB."""
+    return BINARY_DATA if unit.key.endswith("bibyte") else unit.family
 
 
 @dataclass(frozen=True)

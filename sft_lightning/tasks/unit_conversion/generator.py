@@ -10,12 +10,13 @@ import functools
 import hashlib
 import math
 import random
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from sft_lightning.data.records import normalize_question
-from sft_lightning.tasks.unit_conversion.conventions import DEFAULT, Conventions
+from sft_lightning.tasks.unit_conversion.conventions import DEFAULT, Conventions, context_of
 from sft_lightning.tasks.unit_conversion.pairs import Pair, allowed_pairs, select_units, with_rates
 from sft_lightning.tasks.unit_conversion.phrasings import HELDOUT, TRAIN, Template, casual, format_quantity, pick_spelling, say_quantity
 from sft_lightning.tasks.unit_conversion.units import (
@@ -66,8 +67,10 @@ _VALIDATION_FRACTION: float = 0.2
 # this: temperature has only 6 pairs, and its two-step arithmetic still needs practice.
 _MIN_FAMILY_SHARE = 0.06
 # Share of the questions of a pair with a unit people write as only its neighbour makes clear
-# ("2 G in MB", "6 quarts in ounces") that write it so (never both units).
+# ("2 G in MB", "6 quarts in ounces") that write it so, and of those whose two units both have
+# such a spelling, the share that spells both so ("how many mb in 2 gb": read in the family both share).
 _BESIDE_SHARE = 0.35
+_BOTH_BESIDE_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,8 @@ class Splits(NamedTuple):
 
 # --------------------------------------------------------------------------- quantities
 
-_ROUND_NUMBERS = (40, 50, 60, 75, 80, 100, 120, 150, 200, 250, 300, 400, 500, 750, 1000, 1500, 2000, 2500, 5000, 10000)
+_ROUND_NUMBERS = (40, 50, 60, 75, 80, 100, 120, 150, 200, 250, 300, 400, 500, 750, 1000, 1500, 2000, 2500, 5000, 10000,
+                  20000, 25000, 50000, 60000, 100000, 250000, 500000, 1000000, 2000000)
 _QUARTERS = (0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.25, 3.75)
 
 
@@ -105,7 +109,7 @@ def _quantity_support() -> tuple[float, ...]:
     """Every quantity the generator can ask about (positive families), sorted.
 
     People convert small or round amounts: "How many meters are in 6 km?". Integers up to 999,
-    round numbers up to 10000, halves, tenths, quarters and hundredths below 5.
+    round numbers up to 2 million, halves, tenths, quarters and hundredths below 5.
     """
     values = {float(k) for k in range(1, 1000)} | {float(k) for k in _ROUND_NUMBERS}
     values |= {k / 2 for k in range(1, 40, 2)} | {k / 10 for k in range(1, 100)} | set(_QUARTERS)
@@ -116,6 +120,8 @@ def _quantity_support() -> tuple[float, ...]:
 def _sample_quantity(rng: random.Random) -> float:
     """Mostly small integers; then larger and round numbers, halves, tenths and hundredths."""
     r = rng.random()
+    if r < 0.04:  # one most often of all: "How many minutes are in a week?"
+        return 1.0
     if r < 0.33:
         return float(rng.randint(1, 12))
     if r < 0.48:
@@ -126,8 +132,8 @@ def _sample_quantity(rng: random.Random) -> float:
         return float(rng.randint(101, 999))
     if r < 0.72:
         return float(rng.choice(_ROUND_NUMBERS))
-    if r < 0.84:
-        return rng.randrange(1, 40, 2) / 2
+    if r < 0.84:  # a half most often of all: "half a cup"
+        return 0.5 if rng.random() < 0.2 else rng.randrange(1, 40, 2) / 2
     if r < 0.93:
         return rng.randint(1, 99) / 10
     if r < 0.97:
@@ -187,32 +193,44 @@ def _is_validation_triple(quantity: float, src: str, dst: str) -> bool:
 # --------------------------------------------------------------------------- drawing
 
 
-def _spelled(rng: random.Random, pair: Pair) -> tuple[Unit, Unit]:
-    """The two units as the question will spell them: sometimes one (never both) as only its neighbour
-    makes clear ("2 G in MB")."""
-    sides = [side for side, view in (("src", pair.src_beside), ("dst", pair.dst_beside)) if view is not None]
+def _spelled(rng: random.Random, pair: Pair, heldout: bool) -> tuple[Unit, Unit]:
+    """The two units as the question will spell them: sometimes one as only its neighbour makes clear
+    ("2 G in MB"), now and then both ("how many mb in 2 gb"); a unit with held-out spellings keeps them in val_unseen."""
+    sides = [side for side, view, u in (("src", pair.src_beside, pair.src), ("dst", pair.dst_beside, pair.dst))
+             if view is not None and not (heldout and u.heldout)]
     if not sides or rng.random() >= _BESIDE_SHARE:
         return pair.src, pair.dst
+    shared = all(context_of(u) == u.family for u in (pair.src, pair.dst))  # "G" and "M" read as GB, MB, never GiB
+    if len(sides) == 2 and shared and rng.random() < _BOTH_BESIDE_SHARE:
+        return pair.src_beside, pair.dst_beside
     side = rng.choice(sides)
     return (pair.src_beside or pair.src, pair.dst) if side == "src" else (pair.src, pair.dst_beside or pair.dst)
 
 
-def _render(rng: random.Random, template: Template, quantity: float, src: Unit, dst: Unit, heldout: bool) -> str:
-    """Fill a template; the source unit is singular only when the quantity is exactly +-1."""
+def _render(rng: random.Random, template: Template, quantity: float, src: Unit, dst: Unit, heldout: bool) -> tuple[str, str]:
+    """Fill a template (the source unit singular only when the quantity is exactly +-1); also the quantity as said."""
     singular = abs(quantity) == 1
-    src_spelling = pick_spelling(rng, src, singular=singular, heldout=heldout)
-    if "{q} {src}" in template.text:  # a quantity right before its unit can be a word: "a mile", "three cups"
-        q = say_quantity(rng, quantity, src, src_spelling)
+    if "{q} {src}" in template.text:  # a quantity right before its unit can be a word: "a mile", "half a cup"
+        q, src_spelling = say_quantity(rng, quantity, src, heldout, first=template.text.startswith("{q} {src}"))
     else:
-        q = format_quantity(quantity, rng)
+        q, src_spelling = format_quantity(quantity, rng), pick_spelling(rng, src, singular=singular, heldout=heldout)
     text = template.text.format(
         q=q,
         units="unit" if singular else "units",
         src=src_spelling,
         src_name=pick_spelling(rng, src, singular=False, heldout=heldout),
         dst=pick_spelling(rng, dst, singular=False, heldout=heldout),
-    )
-    return casual(rng, text, first_is_word=not template.text.startswith("{"))
+    ).lstrip()
+    return casual(rng, text, first_is_word=not template.text.startswith("{")), q
+
+
+def _copied(said: str) -> str | None:
+    """The quantity as the set-up copies it from the question where digits alone would be harder to write right
+    (``2,000,000``, ``2 million``: the calculator reads both); None where the set-up writes the plain number."""
+    return said if _COPIED.fullmatch(said) else None
+
+
+_COPIED = re.compile(r"\d{1,3}(,\d{3})+|\d+(\.\d+)? million")
 
 
 def _question_stream(
@@ -236,10 +254,11 @@ def _question_stream(
                 break
         else:
             continue
-        text, value = working(quantity, pair.src.key, pair.dst.key, conventions)
         template = rng.choice(templates[fam])
+        question, said = _render(rng, template, quantity, *_spelled(rng, pair, heldout), heldout)
+        text, value = working(quantity, pair.src.key, pair.dst.key, conventions, said=_copied(said))
         yield ConversionQuestion(
-            question=_render(rng, template, quantity, *_spelled(rng, pair), heldout),
+            question=question,
             answer=answer,
             family=fam,
             quantity=quantity,

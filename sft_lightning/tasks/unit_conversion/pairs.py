@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sft_lightning.tasks.unit_conversion import rates
-from sft_lightning.tasks.unit_conversion.conventions import DEFAULT, Conventions, table_views
+from sft_lightning.tasks.unit_conversion.conventions import DEFAULT, Conventions, context_of, table_views
 from sft_lightning.tasks.unit_conversion.units import FAMILIES, Unit, beside_forms, check_family, pair_factor, resolve_unit, unit
 
 # Unit pairs whose factor lies outside this range are never asked (e.g. um -> mi), because almost
@@ -18,9 +18,9 @@ MIN_PAIR_FACTOR: float = 1e-6
 MAX_PAIR_FACTOR: float = 1e9
 # Pair weight = product of its units' tier weights: everyday units are asked about most.
 TIER_WEIGHT = {1: 1.0, 2: 0.5, 3: 0.15}
-# Composed rates (in/s, cm/min, ...) weigh this share of the table's speed pairs in all: ~580 pairs, each
-# seen about once, for the set-up (the units), not the factor (the lookup's).
-RATE_SHARE = 0.5
+# Composed rates (in/s, cm/min, ft/d, ...) weigh this multiple of the table's speed pairs in all: ~2,800 pairs, each
+# seen rarely, for the set-up (naming "miles per minute" mi/min), not the factor (the lookup's).
+RATE_SHARE = 2.0
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,10 @@ def with_rates(selected: Mapping[str, Sequence[Unit]], units: Mapping[str, Seque
     return "speed" in selected and "speed" not in (units or {})
 
 
-def beside_view(u: Unit, conventions: Conventions) -> Unit | None:
-    """``u`` spelled only as its neighbour makes clear ("G" for GB, "ounces" for fl oz); None when it has no such spelling."""
-    names, symbols = beside_forms(u.key, conventions)
+def beside_view(u: Unit, other: Unit, conventions: Conventions) -> Unit | None:
+    """``u`` spelled as only ``other`` beside it makes clear ("G" for GB beside MB, "ounces" for fl oz beside a
+    quart); None when it has no such spelling there."""
+    names, symbols = beside_forms(u.key, context_of(other), conventions)
     if not names and not symbols:
         return None
     return dataclasses.replace(u, names=names, symbols=symbols, informal=(), heldout=frozenset())
@@ -109,7 +110,7 @@ def family_pairs(fam_units: Sequence[Unit], conventions: Conventions, weight: fl
             if factor is not None and not MIN_PAIR_FACTOR <= factor <= MAX_PAIR_FACTOR:
                 continue
             w = TIER_WEIGHT[src.tier] * TIER_WEIGHT[dst.tier] if weight is None else weight
-            out.append(Pair(src, dst, factor, w, beside_view(src, conventions), beside_view(dst, conventions)))
+            out.append(Pair(src, dst, factor, w, beside_view(src, dst, conventions), beside_view(dst, src, conventions)))
     return out
 
 

@@ -147,11 +147,12 @@ def pick_spelling(rng: random.Random, unit: Unit, singular: bool, heldout: bool)
 
 
 def format_quantity(quantity: float, rng: random.Random | None = None) -> str:
-    """A quantity as a person writes it: 5, 2.5, 12.75, -40, and sometimes 1,500 with a separator."""
+    """A quantity as a person writes it: 5, 2.5, 12.75, -40, and sometimes 1,500 with a separator or 2 million."""
     if float(quantity).is_integer():
         text = str(int(quantity))
-        if rng is not None and abs(quantity) >= 1000 and rng.random() < 0.4:
-            text = f"{int(quantity):,}"
+        if rng is not None and abs(quantity) >= 1000 and rng.random() < 0.5:
+            millions = quantity / 1e6
+            text = f"{millions:g} million" if millions >= 1 and rng.random() < 0.3 else f"{int(quantity):,}"
         return text
     return repr(float(quantity))
 
@@ -159,20 +160,27 @@ def format_quantity(quantity: float, rng: random.Random | None = None) -> str:
 _NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine", 10: "ten"}
 
 
-def say_quantity(rng: random.Random, quantity: float, unit: Unit, spelling: str) -> str:
-    """The quantity as written before a unit: digits, or, before a unit spelled as a word, sometimes
-    "a"/"an"/"one" for 1 ("How many feet are in a mile?") and a word for 2 to 10 ("three cups")."""
+def say_quantity(rng: random.Random, quantity: float, unit: Unit, heldout: bool, first: bool = False) -> tuple[str, str]:
+    """The quantity and the unit's spelling as written together: digits, or, before a unit spelled as a word,
+    sometimes "a"/"an"/"one" for 1 ("How many feet are in a mile?"), "half a" for 0.5 ("half a cup") and a word
+    for 2 to 10 ("three cups"); where they start the question, 1 is sometimes left unsaid ("pint in ml")."""
+    half = quantity == 0.5 and rng.random() < 0.35
+    spelling = pick_spelling(rng, unit, singular=abs(quantity) == 1 or half, heldout=heldout)
+    is_word = spelling not in unit.symbols and spelling not in unit.informal
+    article = "an" if spelling[:1].lower() in "aeio" or spelling.lower().startswith("hour") else "a"
+    if half:
+        return (f"half {article}" if is_word else "0.5"), (spelling if is_word else pick_spelling(rng, unit, False, heldout))
     digits = format_quantity(quantity, rng)
-    if spelling in unit.symbols or spelling in unit.informal:
-        return digits
     roll = rng.random()
-    if quantity == 1 and roll < 0.35:
-        if roll < 0.1:
-            return "one"
-        return "an" if spelling[:1].lower() in "aeio" or spelling.lower().startswith("hour") else "a"
+    if quantity == 1 and first and roll < 0.12:
+        return "", spelling
+    if not is_word:
+        return digits, spelling
+    if quantity == 1 and roll < 0.5:
+        return ("one" if roll < 0.1 else article), spelling
     if quantity in _NUMBER_WORDS and roll < 0.1:
-        return _NUMBER_WORDS[int(quantity)]
-    return digits
+        return _NUMBER_WORDS[int(quantity)], spelling
+    return digits, spelling
 
 
 def casual(rng: random.Random, text: str, first_is_word: bool = True) -> str:

@@ -13,9 +13,9 @@ _BY_KEY = {u.key: u for u in UNITS}
 # table speeds that are not named "<length>_per_<time>"
 _LISTED = {("nautical_mile", "hour"): "knot"}
 _SEPARATOR = "_per_"
-# the rates the generator asks about: everyday lengths over seconds, minutes and hours
+# the rates the generator asks about: everyday lengths over everyday times ("2 ft per day in m per year")
 _GENERATED_LENGTHS = ("millimeter", "centimeter", "meter", "kilometer", "inch", "foot", "yard", "mile")
-_GENERATED_TIMES = ("second", "minute", "hour")
+_GENERATED_TIMES = ("second", "minute", "hour", "day", "week", "month", "year")
 
 
 def rate(length: Unit, time: Unit) -> Unit:

@@ -89,6 +89,7 @@ UNITS: tuple[Unit, ...] = (
     # length
     _u("micrometer", "length", "micrometer", [("micrometer", "micrometers"), ("micrometre", "micrometres"), ("micron", "microns")],
        ("µm", "um"), tier=3, accepted=("μm",)),
+    _u("nanometer", "length", "nanometer", [("nanometer", "nanometers"), ("nanometre", "nanometres")], ("nm",), tier=3),
     _u("millimeter", "length", "millimeter", [("millimeter", "millimeters"), ("millimetre", "millimetres")], ("mm",)),
     _u("centimeter", "length", "centimeter", [("centimeter", "centimeters"), ("centimetre", "centimetres")], ("cm",)),
     _u("meter", "length", "meter", [("meter", "meters"), ("metre", "metres")], ("m",)),
@@ -97,7 +98,7 @@ UNITS: tuple[Unit, ...] = (
     _u("inch", "length", "inch", ("inch", "inches"), ("in",), accepted=("ins",)),
     _u("foot", "length", "foot", ("foot", "feet"), ("ft",)),
     _u("yard", "length", "yard", ("yard", "yards"), ("yd", "yds"), heldout=("yds",)),
-    _u("mile", "length", "mile", ("mile", "miles"), ("mi",)),
+    _u("mile", "length", "mile", [("mile", "miles"), ("statute mile", "statute miles")], ("mi",)),
     _u("nautical_mile", "length", "nautical_mile", ("nautical mile", "nautical miles"), ("nmi",), tier=2),
     # mass
     _u("microgram", "mass", "microgram", [("microgram", "micrograms"), ("microgramme", "microgrammes")], ("µg", "mcg"),
@@ -143,6 +144,7 @@ UNITS: tuple[Unit, ...] = (
        tier=2),
     _u("quart", "volume", "quart", ("quart", "quarts"), ("qt",)),
     _u("pint", "volume", "pint", ("pint", "pints"), ("pt",)),
+    _u("imperial_pint", "volume", "imperial_pint", [("imperial pint", "imperial pints"), ("UK pint", "UK pints")], (), tier=3),
     _u("cup", "volume", "cup", ("cup", "cups"), ()),
     _u("fluid_ounce", "volume", "fluid_ounce", ("fluid ounce", "fluid ounces"), ("fl oz",), accepted=("floz",)),
     _u("tablespoon", "volume", "tablespoon", ("tablespoon", "tablespoons"), ("tbsp", "tbs"), tier=2, accepted=("Tbsp",), heldout=("tbs",)),
@@ -209,6 +211,7 @@ UNITS: tuple[Unit, ...] = (
     _u("pascal", "pressure", "pascal", ("pascal", "pascals"), ("Pa",), tier=2),
     _u("hectopascal", "pressure", "hectopascal", ("hectopascal", "hectopascals"), ("hPa",)),
     _u("kilopascal", "pressure", "kilopascal", ("kilopascal", "kilopascals"), ("kPa",)),
+    _u("megapascal", "pressure", "megapascal", ("megapascal", "megapascals"), ("MPa",), tier=2),
     _u("bar", "pressure", "bar", ("bar", "bars"), ()),
     _u("millibar", "pressure", "millibar", ("millibar", "millibars"), ("mbar",), tier=2, heldout=("millibar", "millibars")),
     _u("atmosphere", "pressure", "atmosphere", ("atmosphere", "atmospheres"), ("atm",)),

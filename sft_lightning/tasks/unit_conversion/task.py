@@ -91,7 +91,8 @@ class UnitConversion(Task):
             return [QARecord(q.question, q.answer) for q in questions]
         return [QARecord(q.question, q.answer, format_answer(q.worked_value, digits, q.working)) for q in questions]
 
-    completion_trigger = ("×", ">")  # a set-up ends with "×" (the factor's place) or "=<answer>"
+    # a set-up ends with "×" (the factor's place), a temperature's with its first operator, a working with "=<answer>"
+    completion_trigger = ("×", "+", "-", ">")
 
     def completion(self, text: str) -> str | None:
         """The factor from the unit table once the model has named the units and the quantity

@@ -12,7 +12,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from sft_lightning.tasks.unit_conversion.conventions import BESIDE, DEFAULT, Conventions, governed_key
+from sft_lightning.tasks.unit_conversion.conventions import BESIDE, DEFAULT, Conventions, context_of, governed_key
 from sft_lightning.tasks.unit_conversion.rates import rate, rate_of_key
 from sft_lightning.tasks.unit_conversion.table import FAMILIES, UNITS, Unit, UnknownFamilyError, UnknownUnitError
 
@@ -30,8 +30,10 @@ _REJECTED: dict[str, str] = {
     "T": "'T' alone is tesla in pint and ambiguous for tera- (beside a data size it is TB); write TB",
     "k": "'k' alone is only a prefix (beside a data size it is kB); write e.g. km, kg or kB",
     "b": "'b' is ambiguous (bit or barn); write 'bit'",
-    "kb": "'kb' is ambiguous (kilobit or kilobyte); write kB/KB (kilobyte) or kbit",
-    "mb": "'mb' is ambiguous (millibar or megabyte); write mbar or MB",
+    "kb": "'kb' is ambiguous (kilobit or kilobyte; beside a data size it is KB); write kB/KB (kilobyte) or kbit",
+    "mb": "'mb' is ambiguous (millibar or megabyte; beside a data size it is MB, beside a pressure mbar); write mbar or MB",
+    "gb": "'gb' alone is read beside a data size (GB); write GB or Gb (gigabit)",
+    "tb": "'tb' alone is read beside a data size (TB); write TB",
     "C": "'C' is coulomb in pint; write °C or degC",
     "F": "'F' is farad in pint; write °F or degF",
 }
@@ -129,7 +131,7 @@ def resolve_unit(name: str, family: str | None = None, *, beside: str | None = N
     """Map any accepted surface form to its canonical unit key.
 
     Symbols are case-sensitive (MB is not Mb); word forms are not. ``beside`` (the question's other unit)
-    or else ``family`` is the context that reads a prefix alone or an ounce (module docstring); with
+    or else ``family`` is the context that reads a prefix alone or an ounce (``conventions.BESIDE``); with
     ``family``, a unit of another family is rejected.
     """
     if not isinstance(name, str):
@@ -137,7 +139,7 @@ def resolve_unit(name: str, family: str | None = None, *, beside: str | None = N
     if family is not None:
         check_family(family)
     cleaned = _clean(name)
-    context = _family_beside(beside, conventions) if beside is not None else family
+    context = _context_beside(beside, conventions) if beside is not None else family
     found = _in_context(cleaned, context, conventions) or _plain(cleaned, conventions)
     if found is None:
         raise UnknownUnitError(_unknown_unit_message(cleaned or name, family))
@@ -150,9 +152,24 @@ def resolve_unit(name: str, family: str | None = None, *, beside: str | None = N
 
 
 def resolve_pair(source: str, target: str, conventions: Conventions = DEFAULT) -> tuple[str, str]:
-    """The keys of a question's two units, each read beside the other (``G``, ``MB`` -> gigabyte, megabyte)."""
-    return (resolve_unit(source, beside=target, conventions=conventions),
-            resolve_unit(target, beside=source, conventions=conventions))
+    """The keys of a question's two units, each read beside the other (``G``, ``MB`` -> gigabyte, megabyte); two
+    spellings that each need a neighbour are read in the first family where both mean a unit (``mb``, ``gb``)."""
+    try:
+        return (resolve_unit(source, beside=target, conventions=conventions),
+                resolve_unit(target, beside=source, conventions=conventions))
+    except UnknownUnitError:
+        family = _shared_family(_clean(source), _clean(target), conventions)
+        if family is None:
+            raise
+        return (resolve_unit(source, family, conventions=conventions), resolve_unit(target, family, conventions=conventions))
+
+
+def _shared_family(source: str, target: str, conventions: Conventions) -> str | None:
+    """The first family in which both spellings read as a unit only beside it (``mb`` and ``gb``: data)."""
+    for family in BESIDE:
+        if family in FAMILIES and all(_in_context(name, family, conventions) for name in (source, target)):
+            return family
+    return None
 
 
 _RATE = re.compile(r"(?P<length>.+?)\s*(?:/|\s(?i:per)\s)\s*(?P<time>.+)")
@@ -175,15 +192,16 @@ def _plain(cleaned: str, conventions: Conventions) -> Unit | None:
     return rate(length, time)
 
 
-def _family_beside(beside: str, conventions: Conventions) -> str | None:
-    """The family of the question's other unit, read on its own; None when it is not a unit."""
+def _context_beside(beside: str, conventions: Conventions) -> str | None:
+    """The context the question's other unit gives (``conventions.context_of``), read on its own; None when it is
+    not a unit."""
     found = _plain(_clean(beside), conventions) if isinstance(beside, str) else None
-    return None if found is None else found.family
+    return None if found is None else context_of(found)
 
 
-def _in_context(cleaned: str, family: str | None, conventions: Conventions) -> Unit | None:
-    """What ``cleaned`` means beside a unit of ``family`` (``conventions.BESIDE``), None when no rule reads it."""
-    for spelling, meant in BESIDE.get(family or "", {}).items():
+def _in_context(cleaned: str, context: str | None, conventions: Conventions) -> Unit | None:
+    """What ``cleaned`` means beside a unit giving ``context`` (``conventions.BESIDE``), None when no rule reads it."""
+    for spelling, meant in BESIDE.get(context or "", {}).items():
         if cleaned == spelling or (isinstance(spelling, tuple) and cleaned.casefold() in spelling):
             return _plain(meant, conventions)
     return None
@@ -251,9 +269,9 @@ def pair_factor(src_key: str, dst_key: str) -> float:
 
 
 @functools.cache
-def beside_forms(key: str, conventions: Conventions = DEFAULT) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
-    """The spellings that mean unit ``key`` only beside a unit of its family (``G`` for GB, ``oz`` for fl oz):
-    (word pairs, symbols); the generator writes them there."""
-    forms = [spelling for spelling, meant in BESIDE.get(unit(key).family, {}).items()
+def beside_forms(key: str, context: str, conventions: Conventions = DEFAULT) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """The spellings that mean unit ``key`` only beside a unit giving ``context`` (``G`` for GB beside MB, for GiB
+    beside MiB; ``oz`` for fl oz beside a volume): (word pairs, symbols); the generator writes them there."""
+    forms = [spelling for spelling, meant in BESIDE.get(context, {}).items()
              if getattr(_plain(meant, conventions), "key", None) == key]
     return tuple(f for f in forms if isinstance(f, tuple)), tuple(f for f in forms if isinstance(f, str))

@@ -24,15 +24,19 @@ _TEMPERATURE: dict[tuple[str, str], tuple[str, Callable[[float], float], str, Ca
 }
 
 
-def working(quantity: float, source: str, target: str, conventions: Conventions = DEFAULT) -> tuple[str, float]:
+def working(
+    quantity: float, source: str, target: str, conventions: Conventions = DEFAULT, said: str | None = None
+) -> tuple[str, float]:
     """The text written before ``<answer>`` and the value that text computes.
 
     ``source``/``target`` are canonical unit keys of one family; the set-up names each by the symbol that
     means it under ``conventions`` (a tonne is ``t``, never ``ton``), so ``units.resolve_pair`` reads it back.
+    ``said``: the quantity as the question wrote it, copied into a multiplicative set-up (``2,000,000×``).
     """
-    q = _plain(quantity)
+    q = said or _plain(quantity)
     units = f"{set_up_symbol(source, conventions)} to {set_up_symbol(target, conventions)}"
     if unit(source).family == "temperature":
+        q = _plain(quantity)
         whole, first, rest, finish = _TEMPERATURE[(source, target)]
         inner = round(first(quantity), 6)
         steps = whole.format(q=q) + "=" + (rest.format(a=_plain(inner)) + "=" if rest else "")

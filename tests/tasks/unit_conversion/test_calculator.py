@@ -13,13 +13,14 @@ from sft_lightning.tasks.unit_conversion.calculator import completion, evaluate
 
 @pytest.mark.parametrize(
     ("expression", "value"),
-    [("6×0.305", 1.83), ("(100-32)/1.8", 68 / 1.8), ("-15×1.8+32", 5.0), ("1,500×0.000621", 0.9315), ("2.5 * 4", 10.0), ("7", 7.0)],
+    [("6×0.305", 1.83), ("(100-32)/1.8", 68 / 1.8), ("-15×1.8+32", 5.0), ("1,500×0.000621", 0.9315), ("2.5 * 4", 10.0), ("7", 7.0),
+     ("2 million×0.001", 2000.0), ("2.5million", 2.5e6)],
 )
 def test_evaluate_arithmetic(expression: str, value: float) -> None:
     assert evaluate(expression) == pytest.approx(value, rel=1e-12)
 
 
-@pytest.mark.parametrize("expression", ["", "1/0", "2**10", "__import__('os')", "x×2", "abs(-3)", "1e400×10", "(1", "[1]"])
+@pytest.mark.parametrize("expression", ["", "1/0", "2**10", "__import__('os')", "x×2", "abs(-3)", "1e400×10", "(1", "[1]", "million", "a million"])
 def test_evaluate_refuses_anything_but_plain_arithmetic(expression: str) -> None:
     assert evaluate(expression) is None
 

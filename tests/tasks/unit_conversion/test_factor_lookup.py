@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from sft_lightning.budget.validation_estimate import decoding_steps
@@ -35,7 +37,8 @@ def test_a_set_up_gets_the_tables_factor_and_its_product(text: str, rest: str) -
 @pytest.mark.parametrize(
     "text",
     [
-        "°C to °F: 37×",  # temperatures are affine: the model works them
+        "K to °C: 0×",  # a temperature set up with another formula than its own
+        "°F to °C: (-",  # no quantity yet
         "ft to kg: 6×",  # two families
         "furlongs to m: 3×",  # a unit the table lacks: the model writes its own factor
         "C to F: 37×",  # informal spellings do not resolve
@@ -49,6 +52,30 @@ def test_a_set_up_gets_the_tables_factor_and_its_product(text: str, rest: str) -
 )
 def test_anything_else_is_left_to_the_model(text: str) -> None:
     assert completion(text) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "rest"),
+    [
+        ("°C to °F: -40×", "1.8+32=-72+32=<answer>-40</answer>"),
+        ("°F to °C: (-10-", "32)/1.8=-42/1.8=<answer>-23.33</answer>"),
+        ("°C to K: -21+", "273.15=<answer>252.1</answer>"),
+        ("K to °C: 0-", "273.15=<answer>-273.1</answer>"),
+    ],
+)
+def test_a_temperature_gets_its_formula_once_the_quantity_is_written(text: str, rest: str) -> None:
+    assert completion(text) == rest
+    assert UnitConversion().completion(text) == rest
+
+
+def test_every_generated_temperature_is_completed_as_trained() -> None:
+    for q in generate_questions(120, seed=3, families=["temperature"]):
+        target = format_answer(q.worked_value, 4, q.working)
+        cut = re.match(r".+?: \(?-?[\d.]+[×+-]", target)
+        assert cut is not None, target
+        rest = completion(cut[0])
+        assert rest is not None and rest.split("<answer>")[0] == target[cut.end():].split("<answer>")[0], target
+        assert parse_answer(cut[0] + rest) == pytest.approx(q.worked_value, rel=1e-3, abs=0.06)
 
 
 def test_every_canonical_symbol_resolves_to_its_own_unit() -> None:

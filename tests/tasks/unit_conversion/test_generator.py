@@ -8,8 +8,8 @@ import re
 
 import pytest
 
+from sft_lightning.tasks.unit_conversion import calculator, units
 from sft_lightning.tasks.unit_conversion import generator as unitconv
-from sft_lightning.tasks.unit_conversion import units
 from sft_lightning.tasks.unit_conversion.generator import (
     FAMILIES,
     TEMPLATES,
@@ -193,6 +193,14 @@ def test_kb_means_1000_bytes_and_binary_needs_kib() -> None:
     assert convert(1, "MiB", "KiB") == 1024
 
 
+@pytest.mark.parametrize(
+    ("quantity", "source", "target", "expected"),
+    [(3, "um", "nanometers", 3000), (2, "MPa", "psi", 290.0754), (1, "UK pint", "ml", 568.26125), (2, "imperial pints", "pints", 2.4019)],
+)
+def test_units_people_ask_beyond_the_everyday(quantity: float, source: str, target: str, expected: float) -> None:
+    assert convert(quantity, source, target) == pytest.approx(expected, rel=1e-5)
+
+
 def test_pint_undefined_spellings_work_through_alias_table() -> None:
     assert resolve_unit("kmh") == "kilometer_per_hour"
     assert resolve_unit("km/h") == "kilometer_per_hour"
@@ -297,13 +305,33 @@ def test_answers_finite_and_in_range(big_set: list[ConversionQuestion]) -> None:
 def test_answers_match_convert_and_question_mentions_quantity(big_set: list[ConversionQuestion]) -> None:
     for q in big_set[:500]:
         assert q.answer == convert(q.quantity, q.source_unit, q.target_unit)
-        said = {unitconv.format_quantity(q.quantity)} | ({"a", "an", "one"} if q.quantity == 1 else set()) | set(_WORDS.get(q.quantity, ()))
-        assert any(re.search(rf"(?<![\w.]){re.escape(s)}\b", q.question.replace(",", "")) for s in said), q.question
+        said = {unitconv.format_quantity(q.quantity)} | set(_WORDS.get(q.quantity, ()))
+        said |= {f"{q.quantity / 1e6:g} million"} if q.quantity >= 1e6 else set()
+        found = any(re.search(rf"(?<![\w.]){re.escape(s)}\b", q.question.replace(",", "")) for s in said)
+        if q.quantity == 1 and not found:  # "pint in ml": 1 left unsaid, and then no number at all
+            found = re.search(r"(?<![\w^.])\d", q.question) is None
+        assert found, q.question
         assert unitconv.family_of(q.source_unit) == unitconv.family_of(q.target_unit) == q.family
         assert q.source_unit != q.target_unit
 
 
-_WORDS = {2: ("two",), 3: ("three",), 4: ("four",), 5: ("five",), 6: ("six",), 7: ("seven",), 8: ("eight",), 9: ("nine",), 10: ("ten",)}
+_WORDS = {1: ("a", "an", "one"), 0.5: ("half a", "half an"), 2: ("two",), 3: ("three",), 4: ("four",), 5: ("five",), 6: ("six",), 7: ("seven",), 8: ("eight",), 9: ("nine",), 10: ("ten",)}
+
+
+def test_quantities_are_said_as_people_say_them(big_set: list[ConversionQuestion]) -> None:
+    """"half a cup", "pint in ml" for one pint, and "60,000 BTU" or "2 million" copied into the set-up as written."""
+    questions = generate_questions(20000, seed=5)
+    halves = [q for q in questions if re.search(r"\bhalf an? ", q.question)]
+    assert len(halves) >= 10 and all(q.quantity == 0.5 and ": 0.5" in q.working for q in halves)
+    for pattern in (r"\b\d+(\.\d+)? million\b", r"(?<![\d.,])\d{1,3}(,\d{3})+(?![\d,])"):
+        said = [(q, re.search(pattern, q.question)[0]) for q in questions if re.search(pattern, q.question)]
+        assert len(said) >= 10, pattern
+        for q, text in said:
+            assert q.family == "temperature" or q.working.split(": ")[1].startswith(text + "×"), (q.question, q.working)
+            assert calculator.evaluate(text) == q.quantity
+    unsaid = [q for q in questions if q.quantity == 1 and re.search(r"(?<![\w^.])\d", q.question) is None
+              and not re.search(r"\b(a|an|one)\b", q.question, re.I)]
+    assert unsaid and all(q.working.split(": ")[1].startswith("1×") or q.family == "temperature" for q in unsaid)
 
 
 def test_singular_unit_when_quantity_is_one(big_set: list[ConversionQuestion]) -> None:

@@ -43,14 +43,17 @@ def test_only_a_length_over_a_time_composes(name: str) -> None:
 
 def test_the_lookup_completes_a_composed_set_up() -> None:
     assert completion("m/s to in/s: 4×") == "39.4=<answer>157.6</answer>"
+    assert completion("ft/d to m/yr: 2×") == "111=<answer>222</answer>"  # 2 ft a day is 222.7 m a year
 
 
-def test_the_generator_asks_composed_rates_at_a_minority_of_speed_questions() -> None:
+def test_the_generator_asks_composed_rates_in_most_speed_questions() -> None:
     speed = [q for q in generate_questions(600, seed=4, families=["speed"])]
     table = {u.key for u in UNITS}
     composed = [q for q in speed if not {q.source_unit, q.target_unit} <= table]
-    assert 0.15 * len(speed) < len(composed) < 0.5 * len(speed)
+    assert 0.5 * len(speed) < len(composed) < 0.8 * len(speed)  # the table's own speeds keep the rest
     assert {q.working.split(" to ")[0] for q in composed} & {"in/s", "cm/min", "ft/h", "km/s", "mi/min", "m/s"}
+    over_days_or_longer = {u.key.rpartition("_per_")[2] for u in rates.generated()}
+    assert {"day", "week", "month", "year"} <= over_days_or_longer  # "2 ft per day in m per year"
     assert all(u.key not in table and u.family == "speed" for u in rates.generated())
 
 

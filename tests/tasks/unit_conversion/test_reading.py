@@ -32,6 +32,13 @@ EVERY_CONVENTION = [Conventions(**dict(zip(CHOICES, combo))) for combo in iterto
         (2, "T", "GB", 2000),
         (5, "k", "B", 5000),
         (1, "G", "Mb", 8000),  # a prefix alone is bytes, beside bits too
+        (8, "G", "MiB", 8192),  # "8 G in MiB": beside a binary size, the binary size
+        (4, "KiB", "G", 4 / 1024**2),
+        (2, "gb", "MB", 2000),  # as people type them: kb, mb, gb, tb, gigs, megs
+        (1500, "kb", "GB", 0.0015),
+        (3, "tb", "GB", 3000),
+        (2, "gigs", "megs", 2000),  # two spellings that each need a neighbour: read in the family they share
+        (1, "gb", "mb", 1000),
     ],
 )
 def test_data_a_prefix_alone_beside_a_data_size_is_that_data_size(quantity: float, source: str, target: str, expected: float) -> None:
@@ -53,6 +60,11 @@ def test_data_a_prefix_alone_follows_the_kilobyte_convention() -> None:
 )
 def test_volume_an_ounce_beside_a_volume_is_the_fluid_ounce(quantity: float, source: str, target: str, expected: float) -> None:
     assert convert(quantity, source, target) == pytest.approx(expected, rel=1e-9)
+
+
+def test_pressure_mb_beside_a_pressure_is_the_millibar() -> None:
+    assert resolve_pair("mb", "hPa") == ("millibar", "hectopascal")
+    assert resolve_pair("mb", "MB") == ("megabyte", "megabyte")
 
 
 def test_mass_an_ounce_beside_a_mass_stays_the_ounce() -> None:
@@ -81,6 +93,8 @@ def test_without_a_neighbour_a_prefix_alone_is_refused_and_a_family_is_context()
         ("G to MB: 2×", "1000=<answer>2000</answer>"),
         ("qt to oz: 6×", "32=<answer>192</answer>"),
         ("oz to mL: 8×", "29.6=<answer>236.8</answer>"),
+        ("G to MiB: 8×", "1020=<answer>8160</answer>"),
+        ("gb to mb: 2×", "1000=<answer>2000</answer>"),
     ],
 )
 def test_the_lookup_reads_a_set_up_the_same_way(text: str, rest: str) -> None:
