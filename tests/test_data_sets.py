@@ -86,6 +86,13 @@ def test_handwritten_set_is_large_checked_and_up_to_date(tmp_path: Path) -> None
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
 
 
+def test_the_written_sets_are_checked_and_up_to_date() -> None:
+    for name in ("a", "b"):
+        assert len(load_records(REPO / "data" / "written" / f"{name}.jsonl")) == 350
+    out = subprocess.run([sys.executable, str(REPO / "data" / "written" / "make_written.py"), "--check"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+
 def test_no_validation_question_is_trained_on(tmp_path: Path) -> None:
     """Short questions ("1 TB to GB") are written alike by anyone: the generated training set leaves
     out every question a validation set asks, the hand-written ones included."""

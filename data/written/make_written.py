@@ -863,10 +863,17 @@ def main():
             print(f'question in both sets: {e[0]!r}'); bad += 1
         if tuple(e[1:4]) in ca:
             print(f'same conversion in both sets: {e[:4]}'); bad += 1
+    check = '--check' in sys.argv[1:]  # the test suite: the committed files are what this script computes
     for name, S in (('a', A), ('b', B)):
         path = os.path.join(here, f'{name}.jsonl')
-        nb, fam, sty = build(S, path)
+        written = path + '.check' if check else path
+        nb, fam, sty = build(S, written)
         bad += nb
+        if check:
+            with open(written, 'rb') as f, open(path, 'rb') as g:
+                if f.read() != g.read():
+                    print(f'{path} differs from what this script computes; rerun it without --check'); bad += 1
+            os.remove(written)
         print(f'{path}: {len(S)} questions')
         print('  families:', dict(sorted(fam.items())))
         print('  tricky styles:', dict(sorted(sty.items())))
