@@ -32,7 +32,7 @@ def test_harness_runs_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == 0, done.stdout[-3000:] + _first_traceback(done.stderr) + done.stderr[-3000:]
 
     for name in ("hardware", "train_throughput", "validation_speed", "summary"):
         assert (results / f"{name}-{kind}.json").is_file(), name  # one file per machine kind
@@ -137,3 +137,9 @@ def test_learning_comparison_runs_two_budgeted_arms_on_the_tiny_model(tmp_path: 
     assert "--data.answer_format bare" in arms["bare"]["command"]
     text = readme.read_text()
     assert "STALE-TABLE" not in text and "| bare `<answer>` only," in text and text.endswith("y\n")
+
+
+def _first_traceback(stderr: str) -> str:
+    """The first traceback of a failed run (a DDP rank that died first), which the tail of stderr may not show."""
+    start = stderr.find("Traceback")
+    return "" if start < 0 else "\n--- first traceback ---\n" + stderr[start : start + 3000] + "\n--- end of stderr ---\n"
