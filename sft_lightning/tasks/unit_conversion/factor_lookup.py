@@ -24,6 +24,14 @@ def units_of_set_up(text: str, conventions: Conventions = DEFAULT) -> tuple[str,
     other (``G to MB`` is gigabyte to megabyte); None when it does not name two known units of one
     multiplicative family."""
     match = _SET_UP.fullmatch(text)
+    named = _named_units(match, conventions)
+    if named is None or named[2] == "temperature" or evaluate(match["quantity"]) is None:
+        return None
+    return named[0], named[1]
+
+
+def _named_units(match: re.Match[str] | None, conventions: Conventions) -> tuple[str, str, str] | None:
+    """The (source, target, family) of a matched set-up's two units, None unless both are known units of one family."""
     if match is None:
         return None
     try:
@@ -31,11 +39,7 @@ def units_of_set_up(text: str, conventions: Conventions = DEFAULT) -> tuple[str,
     except UnknownUnitError:
         return None
     family = unit(source).family
-    if family != unit(target).family or family == "temperature":
-        return None
-    if evaluate(match["quantity"]) is None:
-        return None
-    return source, target
+    return (source, target, family) if family == unit(target).family else None
 
 
 def completion(text: str, conventions: Conventions = DEFAULT) -> str | None:
@@ -54,14 +58,9 @@ def _temperature_rest(text: str, conventions: Conventions) -> str | None:
     """The rest of a temperature's working up to ``=<answer>``, when the model's start is the formula's own start
     (``°F to °C: (-10-`` of ``(-10-32)/1.8=``); None otherwise."""
     match = _TEMPERATURE_SET_UP.fullmatch(text)
-    if match is None:
+    named = _named_units(match, conventions)
+    if named is None or named[2] != "temperature" or named[0] == named[1]:
         return None
-    try:
-        source, target = resolve_pair(match["source"].strip(), match["target"].strip(), conventions)
-    except UnknownUnitError:
-        return None
-    if source == target or not unit(source).family == unit(target).family == "temperature":
-        return None
-    whole, _ = working(float(match["quantity"]), source, target, conventions)
+    whole, _ = working(float(match["quantity"]), named[0], named[1], conventions)
     steps, started = whole.split(": ", 1)[1], text.split(": ", 1)[1]
     return steps[len(started):] + ANSWER_OPEN if steps.startswith(started) else None

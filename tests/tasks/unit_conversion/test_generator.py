@@ -318,9 +318,9 @@ def test_answers_match_convert_and_question_mentions_quantity(big_set: list[Conv
 _WORDS = {1: ("a", "an", "one"), 0.5: ("half a", "half an"), 2: ("two",), 3: ("three",), 4: ("four",), 5: ("five",), 6: ("six",), 7: ("seven",), 8: ("eight",), 9: ("nine",), 10: ("ten",)}
 
 
-def test_quantities_are_said_as_people_say_them(big_set: list[ConversionQuestion]) -> None:
+def test_quantities_are_said_as_people_say_them() -> None:
     """"half a cup", "pint in ml" for one pint, and "60,000 BTU" or "2 million" copied into the set-up as written."""
-    questions = generate_questions(20000, seed=5)
+    questions = generate_questions(8000, seed=5)
     halves = [q for q in questions if re.search(r"\bhalf an? ", q.question)]
     assert len(halves) >= 10 and all(q.quantity == 0.5 and ": 0.5" in q.working for q in halves)
     for pattern in (r"\b\d+(\.\d+)? million\b", r"(?<![\d.,])\d{1,3}(,\d{3})+(?![\d,])"):
